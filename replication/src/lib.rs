@@ -1,1 +1,43 @@
-pub fn placeholder() {}
+//! PostgreSQL logical replication (pgoutput) reader on tokio.
+//!
+//! [`ReplicationStream::start`] opens a walsender connection, makes sure the publication and
+//! the logical slot exist, starts streaming and yields whole committed [`Transaction`]s in
+//! commit order. The consumer confirms each transaction's `end_lsn` through a [`Confirmer`];
+//! only confirmed positions are reported to PostgreSQL as flushed.
+//!
+//! Modules:
+//! - [`lsn`]: the [`Lsn`] WAL position type (`X/Y` text form).
+//! - [`config`]: [`ReplicationConfig`], [`PublicationScope`].
+//! - [`error`]: [`ReplicationError`].
+//! - `connection`: transport (TCP / Unix socket), startup, authentication (trust, cleartext,
+//!   MD5, SCRAM-SHA-256), simple queries, backend message framing — on `postgres-protocol`.
+//! - [`admin`]: `IDENTIFY_SYSTEM`, publication and slot creation (idempotent).
+//! - `copy_data`: XLogData / keepalive parsing and standby status updates.
+//! - [`pgoutput`]: the pure, never-panicking pgoutput decoder.
+//! - [`transaction`]: relation cache and assembly of messages into [`Transaction`]s.
+//! - [`progress`]: [`Confirmer`] and [`ProgressHandle`] shared with the reader task.
+//! - [`stream`]: [`ReplicationStream`], the reader task, feedback and shutdown.
+//! - [`cluster`] (feature `cluster`): a private PostgreSQL started from the installed binaries,
+//!   for tests and embedded use.
+
+pub mod admin;
+#[cfg(feature = "cluster")]
+pub mod cluster;
+pub mod config;
+mod connection;
+mod copy_data;
+pub mod error;
+pub mod lsn;
+pub mod pgoutput;
+pub mod progress;
+pub mod stream;
+pub mod transaction;
+
+pub use admin::SystemIdentity;
+pub use config::{PublicationScope, ReplicationConfig};
+pub use error::ReplicationError;
+pub use lsn::{Lsn, ParseLsnError};
+pub use pgoutput::{Column, DecodeError, OldTuple, Relation, ReplicaIdentity, Tuple, Value};
+pub use progress::{Confirmer, ProgressHandle};
+pub use stream::ReplicationStream;
+pub use transaction::{Change, Transaction, TransactionAssembler};
