@@ -1,1 +1,42 @@
-//! walcast
+//! walcast: PostgreSQL logical replication → permission-filtered WebSocket events, over the
+//! StaticBackend realtime protocol.
+//!
+//! Data path (dependencies point one way, `ws → hub → permission → event → replication`):
+//!
+//! ```text
+//! PostgreSQL WAL
+//!   → walcast_replication   walsender stream, pgoutput decoder, whole committed transactions
+//!   → event                 relation shapes → DocumentEvent{app, repo, id, change}
+//!   → permission            read level of the repo × row account/owner × reader
+//!   → hub                   channel index → subscribers; each frame encoded once into Bytes
+//!   → ws                    per-connection bounded outbox → one writer task per socket
+//! client frames → ws → protocol (parse, validate) → hub (join / leave / chan_in)
+//! acknowledgement: the hub accepted a transaction → its end LSN is confirmed to PostgreSQL
+//! ```
+//!
+//! Modules:
+//! - [`protocol`]: client message parsing, server envelopes, WebSocket frame bytes.
+//! - [`event`]: transactions → document events (StaticBackend document JSON).
+//! - [`permission`]: read levels and who may read a row.
+//! - [`hub`]: channel membership, custom-channel publish, db event dispatch, outboxes.
+//! - [`ws`]: socket reader/writer tasks, the protocol session, limits.
+//! - [`auth`]: session JWT verification against the app's `sb_tokens`.
+//! - [`db`]: the gateway's ordinary PostgreSQL connection.
+//! - [`schema`]: embedded SQL (StaticBackend layout, gateway preparation, demo app).
+//! - [`http`]: routes: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
+//! - [`gateway`]: wiring and ordered shutdown.
+//! - [`config`]: `serve` settings (flags over env over TOML file).
+//! - [`telemetry`]: Prometheus metrics.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod gateway;
+pub mod http;
+pub mod hub;
+pub mod permission;
+pub mod protocol;
+pub mod schema;
+pub mod telemetry;
+pub mod ws;

@@ -1,0 +1,127 @@
+//! Session JWT → authenticated user (PROTOCOL.md §3 `auth`): StaticBackend's HS256 tokens whose
+//! `token` claim is `<userId>|<userToken>`, matched against the app's `sb_tokens`.
+
+use crate::db::{quote_ident, Database, DbError};
+use crate::permission::{AppName, Reader};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Every client-visible failure collapses into this one (`invalid token`).
+    #[error("invalid token")]
+    Invalid,
+    #[error("user directory unavailable")]
+    Directory(#[from] DbError),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+pub struct Authenticator {
+    key: DecodingKey,
+    validation: Validation,
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    pub fn new(secret: &[u8], db: Arc<Database>) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        // StaticBackend sets `nbf` 30 minutes ahead; it must be ignored. `exp` is checked when
+        // present but StaticBackend tokens are not required to carry it.
+        validation.validate_nbf = false;
+        validation.validate_exp = true;
+        validation.leeway = 5;
+        validation.required_spec_claims.clear();
+        Authenticator {
+            key: DecodingKey::from_secret(secret),
+            validation,
+            db,
+        }
+    }
+
+    /// Verifies the JWT and finds its user. `app_key` is the `sbpk` the connection named, if any:
+    /// then the user must belong to that app.
+    pub async fn authenticate(&self, jwt: &str, app_key: Option<&str>) -> Result<Reader, AuthError> {
+        let claims = jsonwebtoken::decode::<Claims>(jwt, &self.key, &self.validation)
+            .map_err(|_| AuthError::Invalid)?
+            .claims;
+        let (user, secret) = claims.token.split_once('|').ok_or(AuthError::Invalid)?;
+        let user_id = Uuid::parse_str(user).map_err(|_| AuthError::Invalid)?;
+        let client = self.db.client().await?;
+        let apps: Vec<String> = match app_key {
+            Some(key) => {
+                let key = Uuid::parse_str(key).map_err(|_| AuthError::Invalid)?;
+                let rows = client
+                    .query("SELECT name FROM sb.apps WHERE id = $1", &[&key])
+                    .await
+                    .map_err(DbError::from)?;
+                rows.iter().map(|r| r.get(0)).collect()
+            }
+            None => {
+                let rows = client
+                    .query("SELECT name FROM sb.apps ORDER BY name", &[])
+                    .await
+                    .map_err(DbError::from)?;
+                rows.iter().map(|r| r.get(0)).collect()
+            }
+        };
+        for app in apps {
+            let sql = format!(
+                "SELECT account_id, role, token FROM {}.sb_tokens WHERE id = $1",
+                quote_ident(&app)
+            );
+            let row = match client.query_opt(&sql, &[&user_id]).await {
+                Ok(row) => row,
+                // An app row whose schema is gone or half-made must not fail everyone's login.
+                Err(error) if error.code().is_some() => continue,
+                Err(error) => return Err(AuthError::Directory(error.into())),
+            };
+            let Some(row) = row else { continue };
+            let token: String = row.get(2);
+            if token != secret {
+                return Err(AuthError::Invalid);
+            }
+            return Ok(Reader {
+                app: AppName::from(app.as_str()),
+                user_id,
+                account_id: row.get(0),
+                role: row.get(1),
+            });
+        }
+        Err(AuthError::Invalid)
+    }
+}
+
+/// A session JWT as StaticBackend issues it (for `walcast token`, the demo and tests).
+pub fn issue_token(secret: &[u8], user_id: Uuid, user_token: &str, ttl_secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let claims = Claims {
+        token: format!("{user_id}|{user_token}"),
+        exp: Some(now + ttl_secs),
+        nbf: Some(now + 1800),
+        iat: Some(now),
+    };
+    // HS256 over a serialisable struct cannot fail.
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
+        .unwrap_or_default()
+}

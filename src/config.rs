@@ -1,0 +1,191 @@
+//! `walcast serve` settings: command-line flags over environment variables over an optional
+//! TOML file over defaults.
+
+use crate::ws::WsConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8099";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("missing setting `{0}` (flag, environment variable or config file)")]
+    Missing(&'static str),
+    #[error("invalid listen address `{0}`")]
+    Listen(String),
+}
+
+/// Every serve setting, as flags (with their environment variables). The same keys, in
+/// snake_case, may appear in the TOML file named by `--config`.
+#[derive(Debug, Clone, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeArgs {
+    /// PostgreSQL connection string (URL or key=value); the user needs the REPLICATION attribute.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8099]
+    #[arg(long, env = "WALCAST_LISTEN")]
+    pub listen: Option<String>,
+    /// HS256 secret of the session JWTs (StaticBackend's JWT_SECRET).
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Logical replication slot [default: walcast]
+    #[arg(long, env = "WALCAST_SLOT")]
+    pub slot: Option<String>,
+    /// Publication [default: walcast]
+    #[arg(long, env = "WALCAST_PUBLICATION")]
+    pub publication: Option<String>,
+    /// Maximum WebSocket connections in total [default: 10000]
+    #[arg(long, env = "WALCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Maximum WebSocket connections per app [default: 10000]
+    #[arg(long, env = "WALCAST_MAX_CONNECTIONS_PER_APP")]
+    pub max_connections_per_app: Option<usize>,
+    /// Largest inbound message in bytes [default: 65536]
+    #[arg(long, env = "WALCAST_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Outbound queue bound per connection in bytes [default: 4194304]
+    #[arg(long, env = "WALCAST_MAX_OUTBOUND_BYTES")]
+    pub max_outbound_bytes: Option<usize>,
+    /// Inbound messages per second per connection, 0 = unlimited [default: 100]
+    #[arg(long, env = "WALCAST_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Burst of inbound messages allowed above the rate [default: 200]
+    #[arg(long, env = "WALCAST_RATE_BURST")]
+    pub rate_burst: Option<u32>,
+    /// Seconds between server pings [default: 30]
+    #[arg(long, env = "WALCAST_PING_INTERVAL")]
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds without traffic or pong before a connection is closed [default: 90]
+    #[arg(long, env = "WALCAST_IDLE_TIMEOUT")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub listen: SocketAddr,
+    pub jwt_secret: String,
+    pub slot: String,
+    pub publication: String,
+    pub max_connections: usize,
+    pub max_connections_per_app: usize,
+    pub ws: WsConfig,
+    /// Serve the demo endpoints (`walcast up`).
+    pub demo: bool,
+}
+
+macro_rules! merge_fields {
+    ($into:ident, $from:ident; $($field:ident),*) => {
+        $( if $into.$field.is_none() { $into.$field = $from.$field; } )*
+    };
+}
+
+impl ServeArgs {
+    /// Fills every unset field from `file`.
+    pub fn or(mut self, file: ServeArgs) -> ServeArgs {
+        merge_fields!(self, file; database_url, listen, jwt_secret, slot, publication,
+            max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
+            rate_limit, rate_burst, ping_interval_secs, idle_timeout_secs);
+        self
+    }
+
+    pub fn from_file(path: &std::path::Path) -> Result<ServeArgs, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn resolve(self) -> Result<Settings, ConfigError> {
+        let defaults = WsConfig::default();
+        let listen = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        Ok(Settings {
+            database_url: self.database_url.ok_or(ConfigError::Missing("database_url"))?,
+            listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
+            jwt_secret: self.jwt_secret.ok_or(ConfigError::Missing("jwt_secret"))?,
+            slot: self.slot.unwrap_or_else(|| "walcast".to_owned()),
+            publication: self.publication.unwrap_or_else(|| "walcast".to_owned()),
+            max_connections: self.max_connections.unwrap_or(10_000),
+            max_connections_per_app: self.max_connections_per_app.unwrap_or(10_000),
+            ws: WsConfig {
+                max_frame_bytes: self.max_frame_bytes.unwrap_or(defaults.max_frame_bytes),
+                max_outbound_bytes: self.max_outbound_bytes.unwrap_or(defaults.max_outbound_bytes),
+                rate_per_sec: self.rate_limit.unwrap_or(defaults.rate_per_sec),
+                rate_burst: self.rate_burst.unwrap_or(defaults.rate_burst),
+                ping_interval: self
+                    .ping_interval_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(defaults.ping_interval),
+                idle_timeout: self
+                    .idle_timeout_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(defaults.idle_timeout),
+            },
+            demo: false,
+        })
+    }
+}
+
+impl Settings {
+    /// Settings for a given database with every default (tests, `walcast up`).
+    pub fn new(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Settings {
+        ServeArgs {
+            database_url: Some(database_url.into()),
+            jwt_secret: Some(jwt_secret.into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_or_else(|_| unreachable!("database_url and jwt_secret are set"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_over_file_over_defaults() {
+        let flags = ServeArgs {
+            listen: Some("127.0.0.1:1".into()),
+            ..ServeArgs::default()
+        };
+        let file: ServeArgs = toml::from_str(
+            "listen = \"127.0.0.1:2\"\ndatabase_url = \"postgres://x\"\njwt_secret = \"s\"\nrate_limit = 5\n",
+        )
+        .unwrap();
+        let settings = flags.or(file).resolve().unwrap();
+        assert_eq!(settings.listen.port(), 1);
+        assert_eq!(settings.database_url, "postgres://x");
+        assert_eq!(settings.ws.rate_per_sec, 5);
+        assert_eq!(settings.slot, "walcast");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_missing_values_are_errors() {
+        assert!(toml::from_str::<ServeArgs>("nope = 1").is_err());
+        assert!(matches!(
+            ServeArgs::default().resolve(),
+            Err(ConfigError::Missing("database_url"))
+        ));
+    }
+}

@@ -1,0 +1,48 @@
+//! Committed transactions from the WAL → document events (PROTOCOL.md §4).
+//!
+//! A document table ("repo") is any table of an app schema with the StaticBackend shape:
+//! `id`, `account_id`, `owner_id`, `data` columns, name not starting with `sb_`. Everything else
+//! streamed by the publication is ignored here.
+
+mod assemble;
+mod document;
+
+pub use assemble::{Assembler, AssembleStats};
+pub use document::{build_document, DocumentError};
+
+use crate::permission::{AppName, RowAccess};
+use std::sync::Arc;
+use std::time::SystemTime;
+use walcast_replication::Lsn;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentChange {
+    /// `document` is the JSON text StaticBackend sent: row `data` + `id` + `accountId`, keys sorted.
+    Created { row: RowAccess, document: String },
+    /// `previous` is the row's access columns before the update, when the WAL carried them.
+    Updated {
+        row: RowAccess,
+        previous: Option<RowAccess>,
+        document: String,
+    },
+    /// `previous` is `None` when the WAL carried only the key (replica identity not FULL).
+    Deleted { previous: Option<RowAccess> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentEvent {
+    pub app: AppName,
+    pub repo: Arc<str>,
+    pub id: String,
+    pub change: DocumentChange,
+}
+
+/// All document events of one committed transaction, in WAL order.
+#[derive(Debug, Clone)]
+pub struct CommittedEvents {
+    pub commit_lsn: Lsn,
+    /// What the consumer confirms once the transaction is handed over.
+    pub end_lsn: Lsn,
+    pub commit_time: SystemTime,
+    pub events: Vec<DocumentEvent>,
+}

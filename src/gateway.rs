@@ -1,0 +1,310 @@
+//! Wiring and ordered shutdown: prepare the database, start replication, serve HTTP.
+//!
+//! Shutdown order: stop accepting → close every socket with 1001 → finish the transaction in
+//! hand → confirm the last dispatched LSN and end the replication stream → return.
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::db::{Database, DbError};
+use crate::event::Assembler;
+use crate::http::{route, DemoApi, HttpState};
+use crate::hub::Hub;
+use crate::telemetry::Telemetry;
+use crate::ws::{ConnectionLimits, WsContext};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+use walcast_replication::{
+    Confirmer, Lsn, PublicationScope, ReplicationConfig, ReplicationError, ReplicationStream,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("database preparation failed")]
+    Prepare(#[source] DbError),
+    #[error("cannot start replication")]
+    Replication(#[source] ReplicationError),
+    #[error("cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running gateway.
+pub struct Gateway {
+    local_addr: SocketAddr,
+    root: CancellationToken,
+    accept_stop: CancellationToken,
+    accept: JoinHandle<()>,
+    dispatcher: JoinHandle<()>,
+    sockets: TaskTracker,
+    pub hub: Arc<Hub>,
+    pub telemetry: Telemetry,
+}
+
+impl Gateway {
+    pub async fn start(settings: Settings) -> Result<Gateway, GatewayError> {
+        let db = Arc::new(Database::new(settings.database_url.clone()));
+        prepare(&db).await.map_err(GatewayError::Prepare)?;
+
+        let stream = ReplicationStream::start(replication_config(&settings, None))
+            .await
+            .map_err(GatewayError::Replication)?;
+
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| GatewayError::Listen {
+                addr: settings.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| GatewayError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+
+        let root = CancellationToken::new();
+        let telemetry = Telemetry::new();
+        let hub = Arc::new(Hub::new());
+        let auth = Arc::new(Authenticator::new(settings.jwt_secret.as_bytes(), Arc::clone(&db)));
+        let ws = Arc::new(WsContext {
+            hub: Arc::clone(&hub),
+            auth: Arc::clone(&auth),
+            limits: ConnectionLimits::new(settings.max_connections, settings.max_connections_per_app),
+            config: settings.ws.clone(),
+            telemetry: telemetry.clone(),
+            shutdown: root.child_token(),
+        });
+        let streaming = Arc::new(AtomicBool::new(true));
+        let sockets = TaskTracker::new();
+        let demo = settings.demo.then(|| DemoApi {
+            db: Arc::clone(&db),
+            auth,
+            jwt_secret: settings.jwt_secret.as_bytes().to_vec(),
+        });
+        let state = Arc::new(HttpState {
+            ws,
+            db,
+            streaming: Arc::clone(&streaming),
+            demo,
+            sockets: sockets.clone(),
+        });
+
+        let dispatcher = tokio::spawn(
+            dispatch_loop(
+                stream,
+                settings.clone(),
+                Arc::clone(&hub),
+                telemetry.clone(),
+                streaming,
+                root.child_token(),
+            )
+            .instrument(tracing::info_span!("replication", slot = %settings.slot)),
+        );
+        let accept_stop = root.child_token();
+        let accept = tokio::spawn(accept_loop(listener, state, accept_stop.clone()));
+        tracing::info!(%local_addr, "walcast listening");
+        Ok(Gateway {
+            local_addr,
+            root,
+            accept_stop,
+            accept,
+            dispatcher,
+            sockets,
+            hub,
+            telemetry,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Ordered shutdown (see the module doc). Sockets get `grace` to flush their close frames.
+    pub async fn shutdown(self) {
+        self.accept_stop.cancel();
+        let _ = self.accept.await;
+        self.root.cancel();
+        self.sockets.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.sockets.wait()).await;
+        let _ = self.dispatcher.await;
+        tracing::info!("walcast stopped");
+    }
+}
+
+pub fn replication_config(settings: &Settings, start: Option<Lsn>) -> ReplicationConfig {
+    ReplicationConfig {
+        conninfo: settings.database_url.clone(),
+        slot: settings.slot.clone(),
+        publication: settings.publication.clone(),
+        create_publication: PublicationScope::AllTables,
+        start_lsn: start,
+        ..ReplicationConfig::default()
+    }
+}
+
+/// The gateway's own schema objects (replica identity of repos, the DDL event trigger).
+pub async fn prepare(db: &Database) -> Result<(), DbError> {
+    let client = db.client().await?;
+    let tx_result = client.batch_execute(crate::schema::WALCAST).await;
+    if let Err(error) = tx_result {
+        // Event triggers need a superuser; without one, tables created later keep their
+        // replica identity and deletes there reach root users only (fail closed).
+        tracing::warn!(error = &error as &dyn std::error::Error, "could not install the walcast event trigger; run `walcast migrate` as a superuser");
+        client.batch_execute("SELECT 1").await?;
+    }
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
+        state.sockets.clone().spawn(async move {
+            let service = service_fn(move |req| route(Arc::clone(&state), req));
+            let conn = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Reads committed transactions, turns them into events, hands them to the hub and only then
+/// confirms their end LSN. Reconnects with backoff when the stream fails, resuming after the
+/// last dispatched transaction (never re-sending one).
+async fn dispatch_loop(
+    mut stream: ReplicationStream,
+    settings: Settings,
+    hub: Arc<Hub>,
+    telemetry: Telemetry,
+    streaming: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mut assembler = Assembler::new();
+    let mut last_dispatched = Lsn::ZERO;
+    let mut backoff = Duration::from_millis(200);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let confirmer: Confirmer = stream.confirmer();
+        if last_dispatched > Lsn::ZERO {
+            confirmer.confirm(last_dispatched);
+        }
+        let progress = stream.progress();
+        let mut last_commit: Option<SystemTime> = None;
+        let failed = loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break false,
+                _ = ticker.tick() => {
+                    report(&telemetry, &hub, &progress, last_commit);
+                    record_assembler(&telemetry, &mut assembler);
+                    continue;
+                }
+                next = stream.recv() => next,
+            };
+            let tx = match next {
+                Some(Ok(tx)) => tx,
+                Some(Err(error)) => {
+                    tracing::error!(error = &error as &dyn std::error::Error, "replication failed");
+                    break true;
+                }
+                None => break true,
+            };
+            if tx.end_lsn <= last_dispatched {
+                confirmer.confirm(tx.end_lsn);
+                continue;
+            }
+            let events = assembler.assemble(&tx);
+            let stats = hub.dispatch(&events);
+            telemetry.transaction_in(stats.events);
+            telemetry.delivered(stats.delivered);
+            telemetry.drop_reason("slow_consumer", stats.slow_consumers);
+            telemetry.drop_reason("fail_closed", stats.fail_closed);
+            last_dispatched = tx.end_lsn;
+            last_commit = Some(tx.commit_time);
+            confirmer.confirm(tx.end_lsn);
+            backoff = Duration::from_millis(200);
+        };
+        record_assembler(&telemetry, &mut assembler);
+        if !failed {
+            if let Err(error) = stream.stop().await {
+                tracing::warn!(error = &error as &dyn std::error::Error, "replication stop failed");
+            }
+            streaming.store(false, Ordering::Release);
+            return;
+        }
+        streaming.store(false, Ordering::Release);
+        drop(stream);
+        stream = loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+            let start = (last_dispatched > Lsn::ZERO).then_some(last_dispatched);
+            match ReplicationStream::start(replication_config(&settings, start)).await {
+                Ok(stream) => break stream,
+                Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "replication restart failed"),
+            }
+        };
+        streaming.store(true, Ordering::Release);
+    }
+}
+
+fn record_assembler(telemetry: &Telemetry, assembler: &mut Assembler) {
+    let stats = std::mem::take(&mut assembler.stats);
+    telemetry.drop_reason("invalid_row", stats.invalid_rows as usize);
+    telemetry.drop_reason("missing_document", stats.missing_document as usize);
+    telemetry.drop_reason("truncate", stats.truncates as usize);
+}
+
+fn report(
+    telemetry: &Telemetry,
+    hub: &Hub,
+    progress: &walcast_replication::ProgressHandle,
+    last_commit: Option<SystemTime>,
+) {
+    let confirmed = progress.confirmed();
+    let lag_bytes = progress.server_wal_end().0.saturating_sub(confirmed.0);
+    let lag_seconds = match last_commit {
+        Some(at) if lag_bytes > 0 => SystemTime::now()
+            .duration_since(at)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        _ => 0.0,
+    };
+    telemetry.replication(lag_bytes, lag_seconds, confirmed.0);
+    telemetry.channels(hub.channel_count());
+}

@@ -1,0 +1,121 @@
+//! HTTP on hyper 1: `/ws` upgrade, health and readiness, metrics, the client library, the demo
+//! page and the dashboard.
+
+mod demo;
+
+pub use demo::DemoApi;
+
+use crate::ws::{serve_socket, WsContext};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::task::TaskTracker;
+
+const CLIENT_JS: &str = include_str!("assets/client.js");
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const DASHBOARD_HTML: &str = include_str!("assets/dashboard.html");
+
+pub type Body = Full<Bytes>;
+
+/// Shared by every HTTP request.
+pub struct HttpState {
+    pub ws: Arc<WsContext>,
+    pub db: Arc<crate::db::Database>,
+    /// True while the replication stream is up.
+    pub streaming: Arc<AtomicBool>,
+    pub demo: Option<DemoApi>,
+    /// Socket tasks, awaited at shutdown.
+    pub sockets: TaskTracker,
+}
+
+pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    respond(status, "text/plain; charset=utf-8", body)
+}
+
+/// Reads a request body up to `limit` bytes.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
+    Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .ok()
+        .map(|c| c.to_bytes())
+}
+
+pub async fn route(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+    let path = req.uri().path().to_owned();
+    let response = match (req.method(), path.as_str()) {
+        (&Method::GET, "/ws") => upgrade(&state, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if state.streaming.load(Ordering::Acquire) && state.db.is_reachable().await {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => respond(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::telemetry::render(),
+        ),
+        (&Method::GET, "/client.js") => respond(StatusCode::OK, "application/javascript; charset=utf-8", CLIENT_JS),
+        (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
+        (&Method::GET, "/dashboard") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD_HTML),
+        _ if path.starts_with("/demo/") => match &state.demo {
+            Some(demo) => demo.handle(req).await,
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    };
+    Ok(response)
+}
+
+/// `?sbpk=` or the `SB-PUBLIC-KEY` header names the app.
+fn app_key(req: &Request<Incoming>) -> Option<String> {
+    let from_query = req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == "sbpk")
+            .map(|(_, v)| v.to_owned())
+    });
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get("SB-PUBLIC-KEY")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .filter(|k| !k.is_empty())
+}
+
+fn upgrade(state: &Arc<HttpState>, mut req: Request<Incoming>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return text(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
+    }
+    let key = app_key(&req);
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(_) => return text(StatusCode::BAD_REQUEST, "invalid websocket upgrade\n"),
+    };
+    let ws = Arc::clone(&state.ws);
+    state.sockets.spawn(async move {
+        match upgrade.await {
+            Ok(socket) => serve_socket(ws, socket.into_inner(), key).await,
+            Err(error) => tracing::debug!(error = &error as &dyn std::error::Error, "upgrade failed"),
+        }
+    });
+    response.map(|_| Full::new(Bytes::new()))
+}

@@ -1,0 +1,186 @@
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::Notify;
+
+/// Why a connection's writer must stop: sent to the client as a close frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl Closing {
+    pub const SLOW_CONSUMER: Closing = Closing {
+        code: 4008,
+        reason: "slow consumer",
+    };
+    pub const GOING_AWAY: Closing = Closing {
+        code: 1001,
+        reason: "server shutting down",
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue passed its byte bound: the connection is now closing as a slow consumer.
+    Overflow,
+    /// The connection was already closing; the frame was dropped.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    closing: Option<Closing>,
+}
+
+/// One connection's outbound queue, bounded in bytes. Producers (hub, session) never wait on
+/// it: a connection that cannot keep up is closed instead of slowing anyone else.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    limit: usize,
+}
+
+impl Outbox {
+    pub fn new(limit_bytes: usize) -> Self {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            limit: limit_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every update is a
+        // single push/clear), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, frame: Bytes) -> Push {
+        let outcome = {
+            let mut state = self.lock();
+            if state.closing.is_some() {
+                return Push::Closed;
+            }
+            if state.bytes + frame.len() > self.limit {
+                state.frames.clear();
+                state.bytes = 0;
+                state.closing = Some(Closing::SLOW_CONSUMER);
+                Push::Overflow
+            } else {
+                state.bytes += frame.len();
+                state.frames.push_back(frame);
+                Push::Queued
+            }
+        };
+        self.wake.notify_one();
+        outcome
+    }
+
+    /// Control frames (pong, ping) are tiny and must not be refused for a full data queue.
+    pub fn push_control(&self, frame: Bytes) {
+        {
+            let mut state = self.lock();
+            if state.closing.is_some() {
+                return;
+            }
+            state.frames.push_back(frame);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Asks the writer to send a close frame after what is already queued (a clean close) —
+    /// except for a slow consumer, whose queue is dropped.
+    pub fn close(&self, closing: Closing) {
+        {
+            let mut state = self.lock();
+            if state.closing.is_none() {
+                state.closing = Some(closing);
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing.is_some()
+    }
+
+    /// Waits until frames are queued or the connection is closing; moves all queued frames into
+    /// `batch` so the writer can send them in one write. Returns the close reason once the queue
+    /// is empty and closing was requested.
+    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Closing> {
+        loop {
+            {
+                let mut state = self.lock();
+                if !state.frames.is_empty() {
+                    batch.extend(state.frames.drain(..));
+                    state.bytes = 0;
+                    return None;
+                }
+                if let Some(closing) = state.closing {
+                    return Some(closing);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_and_bounds() {
+        let outbox = Outbox::new(10);
+        assert_eq!(outbox.push(Bytes::from_static(b"1234")), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"5678")), Push::Queued);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch.len(), 2);
+        assert_eq!(outbox.push(Bytes::from_static(b"123456")), Push::Queued);
+        assert_eq!(outbox.push(Bytes::from_static(b"123456")), Push::Overflow);
+        assert_eq!(outbox.push(Bytes::from_static(b"1")), Push::Closed);
+        batch.clear();
+        assert_eq!(
+            outbox.next_batch(&mut batch).await,
+            Some(Closing::SLOW_CONSUMER)
+        );
+        assert!(batch.is_empty());
+    }
+
+    #[tokio::test]
+    async fn clean_close_flushes_first() {
+        let outbox = Outbox::new(100);
+        outbox.push(Bytes::from_static(b"a"));
+        outbox.close(Closing::GOING_AWAY);
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(
+            outbox.next_batch(&mut batch).await,
+            Some(Closing::GOING_AWAY)
+        );
+    }
+
+    #[tokio::test]
+    async fn wakes_a_waiting_writer() {
+        let outbox = std::sync::Arc::new(Outbox::new(100));
+        let writer = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                outbox.next_batch(&mut batch).await;
+                batch
+            })
+        };
+        tokio::task::yield_now().await;
+        outbox.push(Bytes::from_static(b"x"));
+        assert_eq!(writer.await.unwrap(), vec![Bytes::from_static(b"x")]);
+    }
+}

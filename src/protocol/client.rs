@@ -1,0 +1,104 @@
+use serde_json::{Map, Value};
+
+/// A client frame after validation: the five envelope keys as strings (missing or `null` read as
+/// empty), plus the `since` resume extension.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientMessage {
+    pub sid: String,
+    pub kind: String,
+    pub data: String,
+    pub channel: String,
+    pub token: String,
+    pub since: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    #[error("frame is not a JSON object")]
+    NotAnObject,
+    #[error("field `{0}` is not a string")]
+    NotAString(&'static str),
+}
+
+impl ParseError {
+    /// Every parse failure gets the same answer on the wire.
+    pub const CLIENT_MESSAGE: &'static str = "invalid message";
+}
+
+pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
+    let mut object: Map<String, Value> =
+        serde_json::from_slice(frame).map_err(|_| ParseError::NotAnObject)?;
+    let mut take = |key: &'static str| -> Result<String, ParseError> {
+        match object.remove(key) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(ParseError::NotAString(key)),
+        }
+    };
+    let sid = take("sid")?;
+    let kind = take("type")?;
+    let data = take("data")?;
+    let channel = take("channel")?;
+    let token = take("token")?;
+    let since = match object.remove("since") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s),
+        _ => None,
+    };
+    Ok(ClientMessage {
+        sid,
+        kind,
+        data,
+        channel,
+        token,
+        since,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_all_keys() {
+        let m = parse_client(
+            br#"{"sid":"s","type":"join","data":"d","channel":"c","token":"t","extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(m.sid, "s");
+        assert_eq!(m.kind, "join");
+        assert_eq!(m.data, "d");
+        assert_eq!(m.channel, "c");
+        assert_eq!(m.token, "t");
+        assert_eq!(m.since, None);
+    }
+
+    #[test]
+    fn missing_and_null_are_empty() {
+        let m = parse_client(br#"{"type":"echo","data":null}"#).unwrap();
+        assert_eq!(m.kind, "echo");
+        assert_eq!(m.data, "");
+        assert_eq!(m.sid, "");
+    }
+
+    #[test]
+    fn rejects_non_objects_and_non_strings() {
+        assert_eq!(parse_client(b"[1,2]"), Err(ParseError::NotAnObject));
+        assert_eq!(parse_client(b"hello"), Err(ParseError::NotAnObject));
+        assert_eq!(parse_client(b"\"str\""), Err(ParseError::NotAnObject));
+        assert_eq!(parse_client(b""), Err(ParseError::NotAnObject));
+        assert_eq!(
+            parse_client(br#"{"type":1}"#),
+            Err(ParseError::NotAString("type"))
+        );
+        assert_eq!(
+            parse_client(br#"{"data":{"a":1}}"#),
+            Err(ParseError::NotAString("data"))
+        );
+    }
+
+    #[test]
+    fn since_extension() {
+        let m = parse_client(br#"{"type":"join","data":"db-x","since":"0/16B3748"}"#).unwrap();
+        assert_eq!(m.since.as_deref(), Some("0/16B3748"));
+    }
+}

@@ -1,0 +1,73 @@
+//! Server-side WebSocket frames (RFC 6455 §5.2), unmasked, built once and shared as `Bytes` by
+//! every recipient.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+const FIN: u8 = 0x80;
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let len = payload.len();
+    let mut out = BytesMut::with_capacity(len + 10);
+    out.put_u8(FIN | opcode);
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+    out.put_slice(payload);
+    out.freeze()
+}
+
+pub fn text(payload: &[u8]) -> Bytes {
+    frame(OP_TEXT, payload)
+}
+
+pub fn ping(payload: &[u8]) -> Bytes {
+    frame(OP_PING, &payload[..payload.len().min(125)])
+}
+
+pub fn pong(payload: &[u8]) -> Bytes {
+    frame(OP_PONG, &payload[..payload.len().min(125)])
+}
+
+/// Control frames carry at most 125 bytes: the code plus a reason cut to fit.
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&code.to_be_bytes());
+    let mut cut = reason.len().min(123);
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    payload.extend_from_slice(&reason.as_bytes()[..cut]);
+    frame(OP_CLOSE, &payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lengths() {
+        assert_eq!(&text(b"hi")[..], &[0x81, 2, b'h', b'i']);
+        let mid = text(&[b'a'; 300]);
+        assert_eq!(&mid[..4], &[0x81, 126, 1, 44]);
+        assert_eq!(mid.len(), 304);
+        let big = text(&vec![b'a'; 70_000]);
+        assert_eq!(big[1], 127);
+        assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+    }
+
+    #[test]
+    fn close_frame() {
+        assert_eq!(&close(4008, "slow consumer")[..4], &[0x88, 15, 0x0f, 0xa8]);
+        assert!(close(1000, &"é".repeat(200)).len() <= 127);
+    }
+}

@@ -1,0 +1,54 @@
+//! WebSocket connections: the upgrade at `/ws`, one reader task and one writer task per socket,
+//! and the per-connection protocol session (PROTOCOL.md §1–3, §5).
+
+mod limits;
+mod session;
+mod socket;
+
+pub use limits::{ConnectionLimits, RateLimiter};
+pub use socket::serve_socket;
+
+use crate::auth::Authenticator;
+use crate::hub::Hub;
+use crate::telemetry::Telemetry;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    /// Largest accepted inbound message (bytes); larger closes with 1009.
+    pub max_frame_bytes: usize,
+    /// Outbound queue bound per connection (bytes); past it the connection closes with 4008.
+    pub max_outbound_bytes: usize,
+    /// Inbound messages per second per connection (0 = unlimited) and the burst allowed.
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_frame_bytes: 64 * 1024,
+            max_outbound_bytes: 4 * 1024 * 1024,
+            rate_per_sec: 100,
+            rate_burst: 200,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct WsContext {
+    pub hub: Arc<Hub>,
+    pub auth: Arc<Authenticator>,
+    pub limits: Arc<ConnectionLimits>,
+    pub config: WsConfig,
+    pub telemetry: Telemetry,
+    /// Cancelled at shutdown: every connection closes with 1001.
+    pub shutdown: CancellationToken,
+}

@@ -1,0 +1,266 @@
+use super::limits::{AppSlot, RateLimiter};
+use super::WsContext;
+use crate::auth::AuthError;
+use crate::hub::{ConnId, Outbox, Subscriber};
+use crate::protocol::{self, encode, frame, ClientMessage, Envelope, ParseError};
+use rand::Rng;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// What the reader loop must do after a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// Close the connection with this code and reason (after the replies already queued).
+    Close(u16, &'static str),
+}
+
+struct Authed {
+    subscriber: Arc<Subscriber>,
+    token: String,
+    _app_slot: AppSlot,
+}
+
+/// One connection's protocol state. Lives in the connection's reader task; messages are handled
+/// one at a time, in order, which is what keeps a sender's messages ordered for every member.
+pub struct Session {
+    ctx: Arc<WsContext>,
+    conn: ConnId,
+    sid: String,
+    outbox: Arc<Outbox>,
+    app_key: Option<String>,
+    authed: Option<Authed>,
+    joined: HashSet<String>,
+    rate: RateLimiter,
+}
+
+impl Session {
+    pub fn new(ctx: Arc<WsContext>, conn: ConnId, outbox: Arc<Outbox>, app_key: Option<String>) -> Self {
+        let rate = RateLimiter::new(ctx.config.rate_per_sec, ctx.config.rate_burst);
+        Session {
+            ctx,
+            conn,
+            sid: uuid::Uuid::new_v4().to_string(),
+            outbox,
+            app_key,
+            authed: None,
+            joined: HashSet::new(),
+            rate,
+        }
+    }
+
+    pub fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    fn push(&self, envelope: &Envelope<'_>) {
+        self.outbox.push(frame::text(&encode(envelope)));
+    }
+
+    fn reply(&self, kind: &str, data: &str) {
+        self.push(&Envelope::reply(&self.sid, kind, data));
+    }
+
+    fn error(&self, message: &str) {
+        self.reply("error", message);
+    }
+
+    pub fn send_init(&self) {
+        self.push(&Envelope::reply("", "init", &self.sid));
+    }
+
+    pub async fn handle(&mut self, payload: &[u8]) -> Next {
+        if !self.rate.allow() {
+            self.ctx.telemetry.drop_reason("rate_limited", 1);
+            self.error("rate limit exceeded");
+            return Next::Continue;
+        }
+        let msg = match protocol::parse_client(payload) {
+            Ok(msg) => msg,
+            Err(_) => {
+                self.error(ParseError::CLIENT_MESSAGE);
+                return Next::Continue;
+            }
+        };
+        if msg.sid != self.sid {
+            self.error("invalid sid");
+            return Next::Continue;
+        }
+        match msg.kind.as_str() {
+            "echo" => {
+                let data = format!("echo: {}", msg.data);
+                self.push(&Envelope {
+                    sid: &msg.sid,
+                    kind: &msg.kind,
+                    data: &data,
+                    channel: &msg.channel,
+                    token: &msg.token,
+                    ..Envelope::default()
+                });
+                Next::Continue
+            }
+            "auth" => self.auth(&msg).await,
+            "join" => {
+                self.join(&msg);
+                Next::Continue
+            }
+            "leave" => {
+                self.leave(&msg);
+                Next::Continue
+            }
+            "chan_in" => {
+                self.chan_in(&msg);
+                Next::Continue
+            }
+            other => {
+                self.error(&format!("{other} command not found"));
+                Next::Continue
+            }
+        }
+    }
+
+    async fn auth(&mut self, msg: &ClientMessage) -> Next {
+        let reader = match self
+            .ctx
+            .auth
+            .authenticate(&msg.data, self.app_key.as_deref())
+            .await
+        {
+            Ok(reader) => reader,
+            Err(AuthError::Invalid) => {
+                self.error("invalid token");
+                return Next::Continue;
+            }
+            Err(error) => {
+                tracing::warn!(conn = self.conn, error = &error as &dyn std::error::Error, "auth lookup failed");
+                self.error("invalid token");
+                return Next::Continue;
+            }
+        };
+        // A connection authenticates as one user at a time: a new identity starts clean.
+        self.leave_all();
+        self.authed = None;
+        let reader = Arc::new(reader);
+        let Some(app_slot) = self.ctx.limits.acquire_app(&reader.app) else {
+            self.ctx.telemetry.drop_reason("connection_limit", 1);
+            self.error("connection limit reached");
+            return Next::Close(1013, "connection limit reached");
+        };
+        let token = random_token();
+        self.authed = Some(Authed {
+            subscriber: Arc::new(Subscriber {
+                conn: self.conn,
+                reader,
+                outbox: Arc::clone(&self.outbox),
+            }),
+            token: token.clone(),
+            _app_slot: app_slot,
+        });
+        self.reply("token", &token);
+        Next::Continue
+    }
+
+    /// The subscriber behind a valid websocket token, or `invalid token` sent.
+    fn check_token(&self, token: &str) -> Option<Arc<Subscriber>> {
+        match &self.authed {
+            Some(authed) if !token.is_empty() && constant_time_eq(authed.token.as_bytes(), token.as_bytes()) => {
+                Some(Arc::clone(&authed.subscriber))
+            }
+            _ => {
+                self.error("invalid token");
+                None
+            }
+        }
+    }
+
+    fn join(&mut self, msg: &ClientMessage) {
+        let Some(subscriber) = self.check_token(&msg.token) else {
+            return;
+        };
+        let channel = msg.data.as_str();
+        if let Err(refused) = protocol::validate_channel(channel) {
+            self.error(refused.message());
+            return;
+        }
+        self.ctx.hub.join(&subscriber, channel);
+        self.joined.insert(channel.to_owned());
+        let recovered = msg.since.as_ref().map(|_| false);
+        self.push(&Envelope {
+            sid: &self.sid,
+            kind: "joined",
+            data: channel,
+            recovered,
+            ..Envelope::default()
+        });
+    }
+
+    fn leave(&mut self, msg: &ClientMessage) {
+        let Some(subscriber) = self.check_token(&msg.token) else {
+            return;
+        };
+        let channel = msg.data.as_str();
+        if self.joined.remove(channel) {
+            self.ctx.hub.leave(&subscriber.reader.app, self.conn, channel);
+        }
+        self.reply("left", channel);
+    }
+
+    fn chan_in(&mut self, msg: &ClientMessage) {
+        let Some(subscriber) = self.check_token(&msg.token) else {
+            return;
+        };
+        let channel = msg.channel.as_str();
+        if channel.is_empty() {
+            self.error("no channel was specified");
+            return;
+        }
+        if protocol::is_db_channel_any_case(channel) {
+            self.error("you cannot write to database channel");
+            return;
+        }
+        if let Err(refused) = protocol::validate_channel(channel) {
+            self.error(refused.message());
+            return;
+        }
+        // `ok` is queued before the fanout so the sender sees it ahead of its own copy.
+        self.reply("ok", "");
+        let out = frame::text(&encode(&Envelope {
+            sid: &self.sid,
+            kind: "chan_out",
+            data: &msg.data,
+            channel,
+            ..Envelope::default()
+        }));
+        let delivery = self.ctx.hub.publish(&subscriber.reader.app, channel, &out);
+        self.ctx.telemetry.delivered(delivery.delivered);
+        if delivery.slow_consumers > 0 {
+            self.ctx.telemetry.drop_reason("slow_consumer", delivery.slow_consumers);
+        }
+    }
+
+    /// Removes every membership; called on re-auth and when the connection ends.
+    pub fn leave_all(&mut self) {
+        if let Some(authed) = &self.authed {
+            let app = &authed.subscriber.reader.app;
+            for channel in self.joined.drain() {
+                self.ctx.hub.leave(app, self.conn, &channel);
+            }
+        }
+        self.joined.clear();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.leave_all();
+    }
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 24] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,239 @@
+use super::session::{Next, Session};
+use super::WsContext;
+use crate::hub::{Closing, Outbox};
+use crate::protocol::{encode, frame, Envelope};
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+use tracing::Instrument;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one upgraded socket until either side ends it. `app_key` is the `sbpk` named at
+/// connect. The socket has exactly one reader (fastwebsockets' `read_frame` is not
+/// cancel-safe, so it is never raced in a `select!`) and one writer.
+pub async fn serve_socket(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>) {
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::debug_span!("ws", conn);
+    run(ctx, io, app_key, conn).instrument(span).await;
+}
+
+async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>, conn: u64) {
+    let (read_half, write_half) = tokio::io::split(io);
+    let outbox = Arc::new(Outbox::new(ctx.config.max_outbound_bytes));
+    let activity = Arc::new(Activity::new());
+    let writer = tokio::spawn(write_loop(
+        Arc::clone(&ctx),
+        Arc::clone(&outbox),
+        write_half,
+        Arc::clone(&activity),
+    ));
+
+    let Some(_global) = ctx.limits.acquire_global() else {
+        ctx.telemetry.drop_reason("connection_limit", 1);
+        outbox.push(frame::text(&encode(&Envelope::reply(
+            "",
+            "error",
+            "connection limit reached",
+        ))));
+        outbox.close(Closing {
+            code: 1013,
+            reason: "connection limit reached",
+        });
+        let _ = writer.await;
+        return;
+    };
+    ctx.telemetry.connection_opened();
+
+    let mut session = Session::new(Arc::clone(&ctx), conn, Arc::clone(&outbox), app_key);
+    session.send_init();
+    tracing::debug!(sid = session.sid(), "connected");
+
+    let (mut reader, _) = fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    // fastwebsockets refuses payloads >= this, before allocating them.
+    reader.set_max_message_size(ctx.config.max_frame_bytes + 1);
+
+    let reading = async {
+        let mut partial: Option<BytesMut> = None;
+        loop {
+            let frame = reader
+                .read_frame::<_, WebSocketError>(&mut |_: Frame<'_>| async { Ok(()) })
+                .await;
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(WebSocketError::FrameTooLarge) => {
+                    break Some(Closing { code: 1009, reason: "message too big" })
+                }
+                Err(WebSocketError::InvalidUTF8) => {
+                    break Some(Closing { code: 1007, reason: "invalid utf-8" })
+                }
+                Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) => break None,
+                Err(_) => break Some(Closing { code: 1002, reason: "protocol error" }),
+            };
+            activity.touch();
+            let message = match frame.opcode {
+                OpCode::Text if frame.fin => Bytes::copy_from_slice(&frame.payload),
+                OpCode::Text => {
+                    partial = Some(BytesMut::from(&frame.payload[..]));
+                    continue;
+                }
+                OpCode::Continuation => {
+                    let Some(buf) = partial.as_mut() else {
+                        break Some(Closing { code: 1002, reason: "protocol error" });
+                    };
+                    if buf.len() + frame.payload.len() > ctx.config.max_frame_bytes {
+                        break Some(Closing { code: 1009, reason: "message too big" });
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if !frame.fin {
+                        continue;
+                    }
+                    let whole = partial.take().unwrap_or_default().freeze();
+                    if std::str::from_utf8(&whole).is_err() {
+                        break Some(Closing { code: 1007, reason: "invalid utf-8" });
+                    }
+                    whole
+                }
+                OpCode::Binary => break Some(Closing { code: 1003, reason: "binary frames are not supported" }),
+                OpCode::Ping => {
+                    outbox.push_control(frame::pong(&frame.payload));
+                    continue;
+                }
+                OpCode::Pong => continue,
+                OpCode::Close => break Some(Closing { code: 1000, reason: "" }),
+            };
+            ctx.telemetry.message_in();
+            if let Next::Close(code, reason) = session.handle(&message).await {
+                break Some(Closing { code, reason });
+            }
+        }
+    };
+
+    let closing = tokio::select! {
+        closing = reading => closing,
+        // The writer ends first on slow consumer, idle timeout, shutdown or a dead socket.
+        _ = outbox_closed(&outbox) => None,
+    };
+    if let Some(closing) = closing {
+        outbox.close(closing);
+    } else {
+        outbox.close(Closing { code: 1000, reason: "" });
+    }
+    session.leave_all();
+    drop(session);
+    let _ = writer.await;
+    ctx.telemetry.connection_closed();
+    tracing::debug!("disconnected");
+}
+
+async fn outbox_closed(outbox: &Outbox) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if outbox.is_closing() {
+            return;
+        }
+    }
+}
+
+/// Last inbound traffic, as milliseconds since the connection started.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_ms(&self) -> u64 {
+        (self.start.elapsed().as_millis() as u64).saturating_sub(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+static WRITERS: AtomicUsize = AtomicUsize::new(0);
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    ctx: Arc<WsContext>,
+    outbox: Arc<Outbox>,
+    mut out: WriteHalf<W>,
+    activity: Arc<Activity>,
+) {
+    WRITERS.fetch_add(1, Ordering::Relaxed);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut buffer = BytesMut::new();
+    let mut ping = tokio::time::interval(ctx.config.ping_interval);
+    ping.tick().await;
+    let idle_limit = ctx.config.idle_timeout.as_millis() as u64;
+    let closing = loop {
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => outbox.close(Closing::GOING_AWAY),
+            _ = ping.tick() => {
+                if activity.idle_ms() > idle_limit {
+                    outbox.close(Closing { code: 1001, reason: "idle timeout" });
+                } else {
+                    outbox.push_control(frame::ping(b""));
+                }
+            }
+            closing = outbox.next_batch(&mut batch) => {
+                if let Some(closing) = closing {
+                    break Some(closing);
+                }
+                if write_batch(&mut out, &mut batch, &mut buffer).await.is_err() {
+                    break None;
+                }
+            }
+        }
+    };
+    if let Some(closing) = closing {
+        if closing == Closing::SLOW_CONSUMER {
+            ctx.telemetry.drop_reason("slow_consumer_close", 1);
+        }
+        let _ = out.write_all(&frame::close(closing.code, closing.reason)).await;
+        let _ = out.flush().await;
+    }
+    let _ = out.shutdown().await;
+    // The reader learns of the end through the outbox (slow consumer, shutdown) or the socket.
+    outbox.close(Closing { code: 1000, reason: "" });
+    WRITERS.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// All queued frames in one write: the syscall per message, not the copy, is what limits
+/// fanout throughput.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    out: &mut WriteHalf<W>,
+    batch: &mut Vec<Bytes>,
+    buffer: &mut BytesMut,
+) -> std::io::Result<()> {
+    let result = if batch.len() == 1 {
+        out.write_all(&batch[0]).await
+    } else {
+        buffer.clear();
+        for frame in batch.iter() {
+            buffer.extend_from_slice(frame);
+        }
+        out.write_all(buffer).await
+    };
+    batch.clear();
+    if buffer.capacity() > 1 << 20 {
+        *buffer = BytesMut::new();
+    }
+    result
+}
