@@ -6,18 +6,18 @@
 //! only confirmed positions are reported to PostgreSQL as flushed.
 //!
 //! Modules:
-//! - [`lsn`]: the [`Lsn`] WAL position type (`X/Y` text form).
-//! - [`config`]: [`ReplicationConfig`], [`PublicationScope`].
-//! - [`error`]: [`ReplicationError`].
-//! - `connection`: transport (TCP / Unix socket), startup, authentication (trust, cleartext,
+//! - [`lsn`] — the [`Lsn`] WAL position type (`X/Y` text form).
+//! - [`config`] — [`ReplicationConfig`], [`PublicationScope`].
+//! - [`error`] — [`ReplicationError`].
+//! - `connection` — transport (TCP / Unix socket), startup, authentication (trust, cleartext,
 //!   MD5, SCRAM-SHA-256), simple queries, backend message framing — on `postgres-protocol`.
-//! - [`admin`]: `IDENTIFY_SYSTEM`, publication and slot creation (idempotent).
-//! - `copy_data`: XLogData / keepalive parsing and standby status updates.
-//! - [`pgoutput`]: the pure, never-panicking pgoutput decoder.
-//! - [`transaction`]: relation cache and assembly of messages into [`Transaction`]s.
-//! - [`progress`]: [`Confirmer`] and [`ProgressHandle`] shared with the reader task.
-//! - [`stream`]: [`ReplicationStream`], the reader task, feedback and shutdown.
-//! - [`cluster`] (feature `cluster`): a private PostgreSQL started from the installed binaries,
+//! - [`admin`] — `IDENTIFY_SYSTEM`, publication and slot creation (idempotent).
+//! - `copy_data` — XLogData / keepalive parsing and standby status updates.
+//! - [`pgoutput`] — the pure, never-panicking pgoutput decoder.
+//! - [`transaction`] — relation cache and assembly of messages into [`Transaction`]s.
+//! - [`progress`] — [`Confirmer`] and [`ProgressHandle`] shared with the reader task.
+//! - [`stream`] — [`ReplicationStream`], the reader task, feedback and shutdown.
+//! - `cluster` (feature `cluster`) — a private PostgreSQL started from the installed binaries,
 //!   for tests and embedded use.
 
 pub mod admin;

@@ -1,0 +1,558 @@
+//! Replication against a real PostgreSQL started privately per test (feature `cluster`).
+
+#![cfg(feature = "cluster")]
+
+mod support;
+
+use std::time::Duration;
+
+use support::{assert_quiet, next, Db};
+use walcast_replication::cluster::ClusterOptions;
+use walcast_replication::{
+    Change, Lsn, OldTuple, PublicationScope, ReplicaIdentity, ReplicationConfig, ReplicationError,
+    ReplicationStream, Value,
+};
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or_else(|| panic!("not text: {v:?}"))
+}
+
+#[tokio::test]
+async fn insert_update_delete_truncate_with_values_and_types() {
+    let db = Db::start().await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, name text, big bigint, ok boolean,
+            price numeric(10,2), at timestamptz, doc jsonb, raw bytea, note varchar(20))",
+    )
+    .await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    db.exec(
+        "INSERT INTO items VALUES (1, 'one', 9000000000, true, 12.50, '2024-01-02 03:04:05+00',
+            '{\"a\": 1}', '\\xdead', NULL)",
+    )
+    .await;
+    db.exec("UPDATE items SET name = 'uno' WHERE id = 1").await;
+    db.exec("UPDATE items SET id = 2 WHERE id = 1").await;
+    db.exec("DELETE FROM items WHERE id = 2").await;
+    db.exec("TRUNCATE items").await;
+
+    let tx = next(&mut stream).await;
+    assert!(tx.commit_lsn == tx.final_lsn && tx.end_lsn > tx.commit_lsn);
+    let [Change::Insert { relation, new }] = &tx.changes[..] else {
+        panic!("{:?}", tx.changes)
+    };
+    assert_eq!(
+        (relation.schema.as_str(), relation.name.as_str()),
+        ("public", "items")
+    );
+    assert_eq!(relation.replica_identity, ReplicaIdentity::Default);
+    let oids: Vec<u32> = relation.columns.iter().map(|c| c.type_oid).collect();
+    assert_eq!(oids, [23, 25, 20, 16, 1700, 1184, 3802, 17, 1043]);
+    assert!(relation.columns[0].is_key && !relation.columns[1].is_key);
+    assert_eq!(
+        relation.columns[8].type_modifier, 24,
+        "varchar(20) typmod is 20 + 4"
+    );
+    let values: Vec<&Value> = new.0.iter().collect();
+    assert_eq!(text(values[0]), "1");
+    assert_eq!(text(values[1]), "one");
+    assert_eq!(text(values[2]), "9000000000");
+    assert_eq!(text(values[3]), "t");
+    assert_eq!(text(values[4]), "12.50");
+    assert_eq!(text(values[5]), "2024-01-02 03:04:05+00");
+    assert_eq!(text(values[6]), "{\"a\": 1}");
+    assert_eq!(text(values[7]), "\\xdead");
+    assert_eq!(values[8], &Value::Null);
+    assert_eq!(
+        new.by_name(relation, "name").and_then(Value::as_str),
+        Some("one")
+    );
+
+    let tx = next(&mut stream).await;
+    let [Change::Update { old, new, .. }] = &tx.changes[..] else {
+        panic!()
+    };
+    assert!(
+        old.is_none(),
+        "key unchanged: no old tuple with default identity"
+    );
+    assert_eq!(text(&new.0[1]), "uno");
+
+    let tx = next(&mut stream).await;
+    let [Change::Update {
+        old: Some(OldTuple::Key(key)),
+        new,
+        ..
+    }] = &tx.changes[..]
+    else {
+        panic!("{:?}", tx.changes)
+    };
+    assert_eq!(text(&key.0[0]), "1");
+    assert_eq!(key.0[1], Value::Null, "key tuples carry only key columns");
+    assert_eq!(text(&new.0[0]), "2");
+
+    let tx = next(&mut stream).await;
+    let [Change::Delete {
+        old: OldTuple::Key(key),
+        ..
+    }] = &tx.changes[..]
+    else {
+        panic!()
+    };
+    assert_eq!(text(&key.0[0]), "2");
+
+    let tx = next(&mut stream).await;
+    let [Change::Truncate {
+        relations,
+        cascade,
+        restart_identity,
+    }] = &tx.changes[..]
+    else {
+        panic!("{:?}", tx.changes)
+    };
+    assert_eq!(relations.len(), 1);
+    assert_eq!(relations[0].name, "items");
+    assert!(!cascade && !restart_identity);
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn replica_identity_full_sends_whole_old_row() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE f (id int, v text); ALTER TABLE f REPLICA IDENTITY FULL")
+        .await;
+    db.exec("INSERT INTO f VALUES (1, 'a')").await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    db.exec("UPDATE f SET v = 'b'").await;
+    let tx = next(&mut stream).await;
+    let [Change::Update {
+        relation,
+        old: Some(OldTuple::Full(old)),
+        new,
+    }] = &tx.changes[..]
+    else {
+        panic!("{:?}", tx.changes)
+    };
+    assert_eq!(relation.replica_identity, ReplicaIdentity::Full);
+    assert_eq!((text(&old.0[1]), text(&new.0[1])), ("a", "b"));
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn unchanged_toasted_jsonb_is_reported_as_unchanged_toast() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE docs (id int PRIMARY KEY, counter int, doc jsonb)")
+        .await;
+    // ~100 KB of pseudo-random hex: compression cannot bring it under the TOAST threshold,
+    // so it is stored out of line.
+    db.exec(
+        "INSERT INTO docs SELECT 1, 0, jsonb_build_object('blob', string_agg(md5(random()::text), ''))
+         FROM generate_series(1, 3200)",
+    )
+    .await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    db.exec("UPDATE docs SET counter = counter + 1 WHERE id = 1")
+        .await;
+    let tx = next(&mut stream).await;
+    let [Change::Update { relation, old, new }] = &tx.changes[..] else {
+        panic!()
+    };
+    assert!(old.is_none());
+    assert_eq!(text(&new.0[1]), "1");
+    assert_eq!(
+        new.0[relation.column_index("doc").unwrap()],
+        Value::UnchangedToast
+    );
+    // Changing the document itself sends it in full.
+    db.exec("UPDATE docs SET doc = doc || '{\"x\": 1}' WHERE id = 1")
+        .await;
+    let tx = next(&mut stream).await;
+    let [Change::Update { new, .. }] = &tx.changes[..] else {
+        panic!()
+    };
+    assert!(text(&new.0[2]).len() > 100_000);
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn multi_statement_transactions_and_rollbacks() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    db.exec(
+        "BEGIN; INSERT INTO t VALUES (1, 'a'); INSERT INTO t VALUES (2, 'b');
+         UPDATE t SET v = 'c' WHERE id = 1; DELETE FROM t WHERE id = 2; COMMIT",
+    )
+    .await;
+    db.exec("BEGIN; INSERT INTO t VALUES (10, 'never'); ROLLBACK")
+        .await;
+    db.exec(
+        "BEGIN; INSERT INTO t VALUES (20, 'x'); SAVEPOINT s; INSERT INTO t VALUES (21, 'gone');
+         ROLLBACK TO s; INSERT INTO t VALUES (22, 'y'); COMMIT",
+    )
+    .await;
+    let first = next(&mut stream).await;
+    let kinds: Vec<&str> = first
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert { .. } => "I",
+            Change::Update { .. } => "U",
+            Change::Delete { .. } => "D",
+            _ => "?",
+        })
+        .collect();
+    assert_eq!(kinds, ["I", "I", "U", "D"]);
+    let second = next(&mut stream).await;
+    assert!(second.xid != first.xid && second.commit_lsn > first.commit_lsn);
+    let ids: Vec<&str> = second
+        .changes
+        .iter()
+        .map(|c| match c {
+            Change::Insert { new, .. } => text(&new.0[0]),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, ["20", "22"], "rolled back work never appears");
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_transaction_of_100k_rows() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    db.exec("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 100000) g")
+        .await;
+    let tx = next(&mut stream).await;
+    assert_eq!(tx.changes.len(), 100_000);
+    for (i, change) in tx.changes.iter().enumerate() {
+        let Change::Insert { new, .. } = change else {
+            panic!()
+        };
+        assert_eq!(text(&new.0[0]).parse::<usize>().unwrap(), i + 1);
+    }
+    stream.confirmer().confirm(tx.end_lsn);
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn table_created_and_altered_while_streaming() {
+    let db = Db::start().await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    db.exec("CREATE TABLE late (id int PRIMARY KEY)").await;
+    db.exec("INSERT INTO late VALUES (1)").await;
+    db.exec("ALTER TABLE late ADD COLUMN label text DEFAULT 'none'")
+        .await;
+    db.exec("INSERT INTO late VALUES (2, 'two')").await;
+    db.exec("ALTER TABLE late DROP COLUMN label; INSERT INTO late VALUES (3)")
+        .await;
+
+    let tx = next(&mut stream).await;
+    let [Change::Insert { relation, new }] = &tx.changes[..] else {
+        panic!()
+    };
+    assert_eq!(relation.columns.len(), 1);
+    assert_eq!(new.0.len(), 1);
+    let tx = next(&mut stream).await;
+    let [Change::Insert { relation, new }] = &tx.changes[..] else {
+        panic!()
+    };
+    assert_eq!(relation.columns.len(), 2);
+    assert_eq!(relation.columns[1].name, "label");
+    assert_eq!(text(&new.0[1]), "two");
+    let tx = next(&mut stream).await;
+    let [Change::Insert { relation, .. }] = &tx.changes[..] else {
+        panic!()
+    };
+    assert_eq!(relation.columns.len(), 1);
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn restart_from_confirmed_position_loses_and_repeats_nothing() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE seq (n int)").await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    for n in 1..=5 {
+        db.exec(&format!("INSERT INTO seq VALUES ({n})")).await;
+    }
+    let mut confirmed = Lsn::ZERO;
+    for n in 1..=5 {
+        let tx = next(&mut stream).await;
+        let [Change::Insert { new, .. }] = &tx.changes[..] else {
+            panic!()
+        };
+        assert_eq!(text(&new.0[0]), n.to_string());
+        if n <= 3 {
+            stream.confirmer().confirm(tx.end_lsn);
+            confirmed = tx.end_lsn;
+        }
+    }
+    assert_eq!(stream.progress().confirmed(), confirmed);
+    stream.stop().await.unwrap();
+    assert_eq!(db.slot_confirmed("walcast").await, confirmed);
+
+    for n in 6..=7 {
+        db.exec(&format!("INSERT INTO seq VALUES ({n})")).await;
+    }
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    assert_eq!(stream.start_lsn(), confirmed);
+    for n in 4..=7 {
+        let tx = next(&mut stream).await;
+        let [Change::Insert { new, .. }] = &tx.changes[..] else {
+            panic!()
+        };
+        assert_eq!(
+            text(&new.0[0]),
+            n.to_string(),
+            "unconfirmed 4, 5 replayed once, then 6, 7"
+        );
+        stream.confirmer().confirm(tx.end_lsn);
+    }
+    assert_quiet(&mut stream, Duration::from_millis(500)).await;
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_stream_outlives_wal_sender_timeout_and_slot_advances() {
+    let db = Db::with(ClusterOptions {
+        extra_conf: vec![("wal_sender_timeout".into(), "2s".into())],
+        ..ClusterOptions::default()
+    })
+    .await;
+    db.exec("CREATE TABLE watched (id int); CREATE TABLE other (id int)")
+        .await;
+    let config = ReplicationConfig {
+        create_publication: PublicationScope::Tables(vec!["public.watched".into()]),
+        ..db.config()
+    };
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    db.exec("INSERT INTO watched VALUES (1)").await;
+    let tx = next(&mut stream).await;
+    stream.confirmer().confirm(tx.end_lsn);
+
+    // WAL the stream does not deliver; the slot must still move past it.
+    db.exec("INSERT INTO other SELECT generate_series(1, 1000)")
+        .await;
+    let target = db.current_lsn().await;
+    // Three times wal_sender_timeout with the default 10 s status interval: only replies to
+    // keepalives keep the connection alive.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let mut advanced = db.slot_confirmed("walcast").await;
+    for _ in 0..50 {
+        if advanced >= target {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        advanced = db.slot_confirmed("walcast").await;
+    }
+    assert!(
+        advanced >= target,
+        "slot at {advanced}, expected >= {target}"
+    );
+    assert!(stream.progress().server_wal_end() >= target);
+
+    db.exec("INSERT INTO watched VALUES (2)").await;
+    let tx = next(&mut stream).await;
+    assert_eq!(tx.changes.len(), 1, "stream still up after idling");
+    stream.stop().await.unwrap();
+}
+
+async fn password_login(method: &str) {
+    let db = Db::with(ClusterOptions {
+        extra_conf: vec![("password_encryption".into(), method.into())],
+        extra_hba: vec![format!("host all walcast_repl 127.0.0.1/32 {method}")],
+        ..ClusterOptions::default()
+    })
+    .await;
+    db.exec(
+        "CREATE ROLE walcast_repl LOGIN REPLICATION PASSWORD 'p@ss w0rd';
+         CREATE TABLE t (id int); CREATE PUBLICATION walcast FOR TABLE t",
+    )
+    .await;
+    let stored: String = db
+        .client
+        .query_one(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = 'walcast_repl'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let prefix = if method == "md5" {
+        "md5"
+    } else {
+        "SCRAM-SHA-256$"
+    };
+    assert!(stored.starts_with(prefix), "{stored}");
+    let conninfo = |password: &str| {
+        format!(
+            "host=127.0.0.1 port={} user=walcast_repl password='{password}' dbname={}",
+            db.cluster.port(),
+            db.dbname()
+        )
+    };
+    let wrong = ReplicationStream::start(ReplicationConfig {
+        conninfo: conninfo("nope"),
+        create_publication: PublicationScope::None,
+        ..ReplicationConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(wrong.sqlstate(), Some("28P01"), "{wrong:?}");
+
+    let mut stream = ReplicationStream::start(ReplicationConfig {
+        conninfo: conninfo("p@ss w0rd"),
+        create_publication: PublicationScope::None,
+        temporary_slot: true,
+        ..ReplicationConfig::default()
+    })
+    .await
+    .unwrap();
+    db.exec("INSERT INTO t VALUES (7)").await;
+    let tx = next(&mut stream).await;
+    assert_eq!(tx.changes.len(), 1);
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn scram_sha_256_login_as_replication_user() {
+    password_login("scram-sha-256").await;
+}
+
+#[tokio::test]
+async fn md5_login_as_replication_user() {
+    password_login("md5").await;
+}
+
+#[tokio::test]
+async fn unix_socket_temporary_slot_messages_and_backpressure() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE t (id int)").await;
+    let config = ReplicationConfig {
+        conninfo: format!(
+            "host={} port={} user=postgres dbname={}",
+            db.cluster.socket_dir().display(),
+            db.cluster.port(),
+            db.dbname()
+        ),
+        slot: "temp_slot_1".into(),
+        publication: "Pub-\"lication\"".into(),
+        temporary_slot: true,
+        channel_capacity: 1,
+        messages: true,
+        ..db.config()
+    };
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    for n in 0..20 {
+        db.exec(&format!("INSERT INTO t VALUES ({n})")).await;
+    }
+    db.exec("SELECT pg_logical_emit_message(false, 'walcast', 'hello')")
+        .await;
+    // The reader holds at most one transaction in the channel plus one pending; the rest stays
+    // in PostgreSQL until the consumer catches up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 0..20 {
+        let tx = next(&mut stream).await;
+        let [Change::Insert { new, .. }] = &tx.changes[..] else {
+            panic!()
+        };
+        assert_eq!(text(&new.0[0]), n.to_string());
+    }
+    let tx = next(&mut stream).await;
+    let [Change::Message {
+        transactional,
+        prefix,
+        content,
+    }] = &tx.changes[..]
+    else {
+        panic!("{:?}", tx.changes)
+    };
+    assert!(!transactional);
+    assert_eq!((prefix.as_str(), &content[..]), ("walcast", &b"hello"[..]));
+    stream.stop().await.unwrap();
+    let slots: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "temporary slot dropped with its connection");
+}
+
+#[tokio::test]
+async fn server_errors_carry_sqlstate() {
+    let db = Db::start().await;
+    let err = ReplicationStream::start(ReplicationConfig {
+        conninfo: db.cluster.url("no_such_db"),
+        ..ReplicationConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, ReplicationError::Server { code, message } if code == "3D000" && message.contains("no_such_db")),
+        "{err:?}"
+    );
+
+    db.exec("SELECT pg_create_logical_replication_slot('other_plugin', 'test_decoding')")
+        .await;
+    let err = ReplicationStream::start(ReplicationConfig {
+        slot: "other_plugin".into(),
+        ..db.config()
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ReplicationError::Config(_)), "{err:?}");
+
+    // A slot already streamed by another connection is a server error (55006).
+    let first = ReplicationStream::start(db.config()).await.unwrap();
+    let err = ReplicationStream::start(db.config()).await.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("55006"), "{err:?}");
+    first.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn creation_is_idempotent() {
+    let db = Db::start().await;
+    for _ in 0..2 {
+        let stream = ReplicationStream::start(db.config()).await.unwrap();
+        stream.stop().await.unwrap();
+    }
+    let n: i64 = db
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_publication) + (SELECT count(*) FROM pg_replication_slots)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
+
+#[test]
+fn cluster_is_stopped_and_removed_when_a_test_panics() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let cluster = walcast_replication::cluster::Cluster::start(ClusterOptions::default())
+                .await
+                .unwrap();
+            tx.send((cluster.port(), cluster.data_dir().to_path_buf()))
+                .unwrap();
+            panic!("test failure while the cluster runs");
+        })
+    })
+    .join();
+    assert!(result.is_err());
+    let (port, data_dir) = rx.recv().unwrap();
+    assert!(!data_dir.exists(), "{} left behind", data_dir.display());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "server still listening"
+    );
+}
