@@ -209,7 +209,7 @@ async fn capture() {
     for old in std::fs::read_dir(&dir).unwrap() {
         std::fs::remove_file(old.unwrap().path()).unwrap();
     }
-    let mut write = |scenario: &str, rows: &[tokio_postgres::Row], limit: usize| {
+    let write = |scenario: &str, rows: &[tokio_postgres::Row], limit: usize| {
         // Keep the repository small: the streamed scenario keeps its first and last messages.
         let n = rows.len();
         for (i, row) in rows.iter().enumerate() {
