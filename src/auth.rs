@@ -58,7 +58,11 @@ impl Authenticator {
 
     /// Verifies the JWT and finds its user. `app_key` is the `sbpk` the connection named, if any:
     /// then the user must belong to that app.
-    pub async fn authenticate(&self, jwt: &str, app_key: Option<&str>) -> Result<Reader, AuthError> {
+    pub async fn authenticate(
+        &self,
+        jwt: &str,
+        app_key: Option<&str>,
+    ) -> Result<Reader, AuthError> {
         let claims = jsonwebtoken::decode::<Claims>(jwt, &self.key, &self.validation)
             .map_err(|_| AuthError::Invalid)?
             .claims;
@@ -122,6 +126,10 @@ pub fn issue_token(secret: &[u8], user_id: Uuid, user_token: &str, ttl_secs: u64
         iat: Some(now),
     };
     // HS256 over a serialisable struct cannot fail.
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret))
-        .unwrap_or_default()
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
 }

@@ -120,8 +120,12 @@ impl ServeArgs {
         let defaults = WsConfig::default();
         let listen = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         Ok(Settings {
-            database_url: self.database_url.ok_or(ConfigError::Missing("database_url"))?,
-            listen: listen.parse().map_err(|_| ConfigError::Listen(listen.clone()))?,
+            database_url: self
+                .database_url
+                .ok_or(ConfigError::Missing("database_url"))?,
+            listen: listen
+                .parse()
+                .map_err(|_| ConfigError::Listen(listen.clone()))?,
             jwt_secret: self.jwt_secret.ok_or(ConfigError::Missing("jwt_secret"))?,
             slot: self.slot.unwrap_or_else(|| "walcast".to_owned()),
             publication: self.publication.unwrap_or_else(|| "walcast".to_owned()),
@@ -129,7 +133,9 @@ impl ServeArgs {
             max_connections_per_app: self.max_connections_per_app.unwrap_or(10_000),
             ws: WsConfig {
                 max_frame_bytes: self.max_frame_bytes.unwrap_or(defaults.max_frame_bytes),
-                max_outbound_bytes: self.max_outbound_bytes.unwrap_or(defaults.max_outbound_bytes),
+                max_outbound_bytes: self
+                    .max_outbound_bytes
+                    .unwrap_or(defaults.max_outbound_bytes),
                 rate_per_sec: self.rate_limit.unwrap_or(defaults.rate_per_sec),
                 rate_burst: self.rate_burst.unwrap_or(defaults.rate_burst),
                 ping_interval: self

@@ -62,25 +62,34 @@ impl Gateway {
             .await
             .map_err(GatewayError::Replication)?;
 
-        let listener = TcpListener::bind(settings.listen)
-            .await
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| GatewayError::Listen {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener
+            .local_addr()
             .map_err(|source| GatewayError::Listen {
                 addr: settings.listen,
                 source,
             })?;
-        let local_addr = listener.local_addr().map_err(|source| GatewayError::Listen {
-            addr: settings.listen,
-            source,
-        })?;
 
         let root = CancellationToken::new();
         let telemetry = Telemetry::new();
         let hub = Arc::new(Hub::new());
-        let auth = Arc::new(Authenticator::new(settings.jwt_secret.as_bytes(), Arc::clone(&db)));
+        let auth = Arc::new(Authenticator::new(
+            settings.jwt_secret.as_bytes(),
+            Arc::clone(&db),
+        ));
         let ws = Arc::new(WsContext {
             hub: Arc::clone(&hub),
             auth: Arc::clone(&auth),
-            limits: ConnectionLimits::new(settings.max_connections, settings.max_connections_per_app),
+            limits: ConnectionLimits::new(
+                settings.max_connections,
+                settings.max_connections_per_app,
+            ),
             config: settings.ws.clone(),
             telemetry: telemetry.clone(),
             shutdown: root.child_token(),
@@ -160,7 +169,10 @@ pub async fn prepare(db: &Database) -> Result<(), DbError> {
     if let Err(error) = tx_result {
         // Event triggers need a superuser; without one, tables created later keep their
         // replica identity and deletes there reach root users only (fail closed).
-        tracing::warn!(error = &error as &dyn std::error::Error, "could not install the walcast event trigger; run `walcast migrate` as a superuser");
+        tracing::warn!(
+            error = &error as &dyn std::error::Error,
+            "could not install the walcast event trigger; run `walcast migrate` as a superuser"
+        );
         client.batch_execute("SELECT 1").await?;
     }
     Ok(())
@@ -237,7 +249,10 @@ async fn dispatch_loop(
             let tx = match next {
                 Some(Ok(tx)) => tx,
                 Some(Err(error)) => {
-                    tracing::error!(error = &error as &dyn std::error::Error, "replication failed");
+                    tracing::error!(
+                        error = &error as &dyn std::error::Error,
+                        "replication failed"
+                    );
                     break true;
                 }
                 None => break true,
@@ -260,7 +275,10 @@ async fn dispatch_loop(
         record_assembler(&telemetry, &mut assembler);
         if !failed {
             if let Err(error) = stream.stop().await {
-                tracing::warn!(error = &error as &dyn std::error::Error, "replication stop failed");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "replication stop failed"
+                );
             }
             streaming.store(false, Ordering::Release);
             return;
@@ -276,7 +294,10 @@ async fn dispatch_loop(
             let start = (last_dispatched > Lsn::ZERO).then_some(last_dispatched);
             match ReplicationStream::start(replication_config(&settings, start)).await {
                 Ok(stream) => break stream,
-                Err(error) => tracing::warn!(error = &error as &dyn std::error::Error, "replication restart failed"),
+                Err(error) => tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "replication restart failed"
+                ),
             }
         };
         streaming.store(true, Ordering::Release);

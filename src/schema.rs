@@ -12,16 +12,38 @@ pub const DEMO: &str = include_str!("../schema/demo.sql");
 
 /// Demo users as `schema/demo.sql` creates them: (name, email, account label, user id, account id, user token).
 pub const DEMO_USERS: [(&str, &str, &str, &str, &str, &str); 3] = [
-    ("Alice", "alice@demo.test", "Account A", "a1000000-0000-4000-8000-0000000000a1", "a0000000-0000-4000-8000-00000000000a", "demo-token-alice"),
-    ("Bob", "bob@demo.test", "Account A", "a2000000-0000-4000-8000-0000000000a2", "a0000000-0000-4000-8000-00000000000a", "demo-token-bob"),
-    ("Carol", "carol@demo.test", "Account B", "c1000000-0000-4000-8000-0000000000c1", "b0000000-0000-4000-8000-00000000000b", "demo-token-carol"),
+    (
+        "Alice",
+        "alice@demo.test",
+        "Account A",
+        "a1000000-0000-4000-8000-0000000000a1",
+        "a0000000-0000-4000-8000-00000000000a",
+        "demo-token-alice",
+    ),
+    (
+        "Bob",
+        "bob@demo.test",
+        "Account A",
+        "a2000000-0000-4000-8000-0000000000a2",
+        "a0000000-0000-4000-8000-00000000000a",
+        "demo-token-bob",
+    ),
+    (
+        "Carol",
+        "carol@demo.test",
+        "Account B",
+        "c1000000-0000-4000-8000-0000000000c1",
+        "b0000000-0000-4000-8000-00000000000b",
+        "demo-token-carol",
+    ),
 ];
 
 /// Runs one embedded script in a transaction. Concurrent first starts are serialised by an
 /// advisory lock so that `CREATE ... IF NOT EXISTS` races cannot fail either of them.
 pub async fn apply(client: &mut Client, script: &str) -> Result<(), DbError> {
     let tx = client.transaction().await?;
-    tx.batch_execute("SELECT pg_advisory_xact_lock(7708391)").await?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7708391)")
+        .await?;
     tx.batch_execute(script).await?;
     tx.commit().await?;
     Ok(())

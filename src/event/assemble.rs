@@ -57,14 +57,20 @@ impl RepoColumns {
 }
 
 fn is_system_schema(schema: &str) -> bool {
-    matches!(schema, "pg_catalog" | "information_schema" | "sb" | "public")
+    matches!(
+        schema,
+        "pg_catalog" | "information_schema" | "sb" | "public"
+    )
 }
 
 /// `Some(None)` is SQL NULL; `None` means the value is not known (unchanged TOAST, not text, bad uuid).
 fn uuid_column(tuple: &Tuple, index: usize) -> Option<Option<Uuid>> {
     match tuple.0.get(index)? {
         Value::Null => Some(None),
-        value => value.as_str().and_then(|s| Uuid::parse_str(s).ok()).map(Some),
+        value => value
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .map(Some),
     }
 }
 
@@ -221,5 +227,9 @@ fn deleted(cols: &RepoColumns, old: &OldTuple) -> Result<DocumentEvent, Skip> {
         OldTuple::Key(t) => (t, None),
     };
     let id = text_column(tuple, cols.id).ok_or(Skip::Invalid)?;
-    Ok(event(cols, id.to_owned(), DocumentChange::Deleted { previous }))
+    Ok(event(
+        cols,
+        id.to_owned(),
+        DocumentChange::Deleted { previous },
+    ))
 }

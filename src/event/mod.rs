@@ -7,7 +7,7 @@
 mod assemble;
 mod document;
 
-pub use assemble::{Assembler, AssembleStats};
+pub use assemble::{AssembleStats, Assembler};
 pub use document::{build_document, DocumentError};
 
 use crate::permission::{AppName, RowAccess};

@@ -77,7 +77,10 @@ impl DemoApi {
         match result {
             Ok(value) => json_response(StatusCode::OK, &value),
             Err(error) => {
-                tracing::warn!(error = &error as &dyn std::error::Error, "demo request failed");
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "demo request failed"
+                );
                 bad(StatusCode::INTERNAL_SERVER_ERROR, "database error")
             }
         }
@@ -128,7 +131,12 @@ impl DemoApi {
         Ok(json!({ "id": id }))
     }
 
-    async fn update(&self, reader: &Reader, id: Uuid, fields: Value) -> Result<Value, crate::db::DbError> {
+    async fn update(
+        &self,
+        reader: &Reader,
+        id: Uuid,
+        fields: Value,
+    ) -> Result<Value, crate::db::DbError> {
         let client = self.db.client().await?;
         let n = client
             .execute(
@@ -136,7 +144,12 @@ impl DemoApi {
                     "UPDATE {TASKS} SET data = data || $1::text::jsonb \
                      WHERE id = $2 AND ($3 OR account_id = $4)"
                 ),
-                &[&fields.to_string(), &id, &reader.is_root(), &reader.account_id],
+                &[
+                    &fields.to_string(),
+                    &id,
+                    &reader.is_root(),
+                    &reader.account_id,
+                ],
             )
             .await?;
         Ok(json!({ "updated": n }))

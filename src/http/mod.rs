@@ -9,7 +9,7 @@ use crate::ws::{serve_socket, WsContext};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,7 +32,11 @@ pub struct HttpState {
     pub sockets: TaskTracker,
 }
 
-pub fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+pub fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
@@ -54,7 +58,10 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
         .map(|c| c.to_bytes())
 }
 
-pub async fn route(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Response<Body>, std::convert::Infallible> {
+pub async fn route(
+    state: Arc<HttpState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
     let path = req.uri().path().to_owned();
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => upgrade(&state, req),
@@ -71,9 +78,15 @@ pub async fn route(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Resp
             "text/plain; version=0.0.4; charset=utf-8",
             crate::telemetry::render(),
         ),
-        (&Method::GET, "/client.js") => respond(StatusCode::OK, "application/javascript; charset=utf-8", CLIENT_JS),
+        (&Method::GET, "/client.js") => respond(
+            StatusCode::OK,
+            "application/javascript; charset=utf-8",
+            CLIENT_JS,
+        ),
         (&Method::GET, "/") => respond(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML),
-        (&Method::GET, "/dashboard") => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD_HTML),
+        (&Method::GET, "/dashboard") => {
+            respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD_HTML)
+        }
         _ if path.starts_with("/demo/") => match &state.demo {
             Some(demo) => demo.handle(req).await,
             None => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -114,7 +127,9 @@ fn upgrade(state: &Arc<HttpState>, mut req: Request<Incoming>) -> Response<Body>
     state.sockets.spawn(async move {
         match upgrade.await {
             Ok(socket) => serve_socket(ws, socket.into_inner(), key).await,
-            Err(error) => tracing::debug!(error = &error as &dyn std::error::Error, "upgrade failed"),
+            Err(error) => {
+                tracing::debug!(error = &error as &dyn std::error::Error, "upgrade failed")
+            }
         }
     });
     response.map(|_| Full::new(Bytes::new()))

@@ -78,12 +78,20 @@ impl DbChannel {
     }
 
     /// Every subscriber that may read a row with these access columns, each once.
-    pub fn readers<'a>(&'a self, row: &RowAccess) -> Box<dyn Iterator<Item = &'a Arc<Subscriber>> + 'a> {
+    pub fn readers<'a>(
+        &'a self,
+        row: &RowAccess,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Subscriber>> + 'a> {
         match self.level {
             ReadLevel::Everyone => Box::new(self.all.values()),
             ReadLevel::Account => {
                 let bucket = row.account_id.and_then(|a| self.by_account.get(&a));
-                Box::new(bucket.into_iter().flat_map(|b| b.values()).chain(self.roots.values()))
+                Box::new(
+                    bucket
+                        .into_iter()
+                        .flat_map(|b| b.values())
+                        .chain(self.roots.values()),
+                )
             }
             ReadLevel::Owner => {
                 let account = row.account_id;
@@ -100,7 +108,9 @@ impl DbChannel {
     }
 
     /// Readers that need no row information: root users, or everybody on a public repo.
-    pub fn unconditional_readers<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Arc<Subscriber>> + 'a> {
+    pub fn unconditional_readers<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Arc<Subscriber>> + 'a> {
         match self.level {
             ReadLevel::Everyone => Box::new(self.all.values()),
             _ => Box::new(self.roots.values()),

@@ -95,7 +95,10 @@ impl Hub {
             channel_name.clear();
             channel_name.push_str("db-");
             channel_name.push_str(&event.repo);
-            let Some(index) = db.get(&*event.app).and_then(|c| c.get(channel_name.as_str())) else {
+            let Some(index) = db
+                .get(&*event.app)
+                .and_then(|c| c.get(channel_name.as_str()))
+            else {
                 continue;
             };
             let mut frames = Frames::new(event, &channel_name, &lsn);
@@ -110,7 +113,12 @@ impl Hub {
 }
 
 /// Returns false when some readers could not be judged (fail closed).
-fn deliver(index: &DbChannel, event: &DocumentEvent, frames: &mut Frames<'_>, out: &mut Delivery) -> bool {
+fn deliver(
+    index: &DbChannel,
+    event: &DocumentEvent,
+    frames: &mut Frames<'_>,
+    out: &mut Delivery,
+) -> bool {
     let level = index.level;
     match &event.change {
         DocumentChange::Created { row, .. } => {
@@ -158,7 +166,13 @@ fn deliver(index: &DbChannel, event: &DocumentEvent, frames: &mut Frames<'_>, ou
 
 /// An update that changed who may read the row: old-only readers see it leave, new-only readers
 /// see it arrive, readers of both see an update.
-fn moved(index: &DbChannel, old: &RowAccess, new: &RowAccess, frames: &mut Frames<'_>, out: &mut Delivery) {
+fn moved(
+    index: &DbChannel,
+    old: &RowAccess,
+    new: &RowAccess,
+    frames: &mut Frames<'_>,
+    out: &mut Delivery,
+) {
     let level = index.level;
     for sub in index.readers(old) {
         if may_read(level, &sub.reader, new) {

@@ -61,7 +61,10 @@ mod tests {
         assert_eq!(validate_channel("room1"), Ok(()));
         assert_eq!(validate_channel(""), Err(ChannelError::Invalid));
         assert_eq!(validate_channel("a\nb"), Err(ChannelError::Invalid));
-        assert_eq!(validate_channel(&"x".repeat(257)), Err(ChannelError::Invalid));
+        assert_eq!(
+            validate_channel(&"x".repeat(257)),
+            Err(ChannelError::Invalid)
+        );
         assert_eq!(validate_channel(&"x".repeat(256)), Ok(()));
         assert_eq!(validate_channel("sbsys"), Err(ChannelError::Reserved));
         assert_eq!(validate_channel("'; DROP TABLE sb_tokens; --"), Ok(()));

@@ -35,7 +35,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(ctx: Arc<WsContext>, conn: ConnId, outbox: Arc<Outbox>, app_key: Option<String>) -> Self {
+    pub fn new(
+        ctx: Arc<WsContext>,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        app_key: Option<String>,
+    ) -> Self {
         let rate = RateLimiter::new(ctx.config.rate_per_sec, ctx.config.rate_burst);
         Session {
             ctx,
@@ -132,7 +137,11 @@ impl Session {
                 return Next::Continue;
             }
             Err(error) => {
-                tracing::warn!(conn = self.conn, error = &error as &dyn std::error::Error, "auth lookup failed");
+                tracing::warn!(
+                    conn = self.conn,
+                    error = &error as &dyn std::error::Error,
+                    "auth lookup failed"
+                );
                 self.error("invalid token");
                 return Next::Continue;
             }
@@ -163,7 +172,10 @@ impl Session {
     /// The subscriber behind a valid websocket token, or `invalid token` sent.
     fn check_token(&self, token: &str) -> Option<Arc<Subscriber>> {
         match &self.authed {
-            Some(authed) if !token.is_empty() && constant_time_eq(authed.token.as_bytes(), token.as_bytes()) => {
+            Some(authed)
+                if !token.is_empty()
+                    && constant_time_eq(authed.token.as_bytes(), token.as_bytes()) =>
+            {
                 Some(Arc::clone(&authed.subscriber))
             }
             _ => {
@@ -200,7 +212,9 @@ impl Session {
         };
         let channel = msg.data.as_str();
         if self.joined.remove(channel) {
-            self.ctx.hub.leave(&subscriber.reader.app, self.conn, channel);
+            self.ctx
+                .hub
+                .leave(&subscriber.reader.app, self.conn, channel);
         }
         self.reply("left", channel);
     }
@@ -234,7 +248,9 @@ impl Session {
         let delivery = self.ctx.hub.publish(&subscriber.reader.app, channel, &out);
         self.ctx.telemetry.delivered(delivery.delivered);
         if delivery.slow_consumers > 0 {
-            self.ctx.telemetry.drop_reason("slow_consumer", delivery.slow_consumers);
+            self.ctx
+                .telemetry
+                .drop_reason("slow_consumer", delivery.slow_consumers);
         }
     }
 

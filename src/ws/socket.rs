@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
@@ -54,7 +54,8 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     session.send_init();
     tracing::debug!(sid = session.sid(), "connected");
 
-    let (mut reader, _) = fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
+    let (mut reader, _) =
+        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
     // fastwebsockets refuses payloads >= this, before allocating them.
@@ -69,13 +70,24 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
             let frame = match frame {
                 Ok(frame) => frame,
                 Err(WebSocketError::FrameTooLarge) => {
-                    break Some(Closing { code: 1009, reason: "message too big" })
+                    break Some(Closing {
+                        code: 1009,
+                        reason: "message too big",
+                    })
                 }
                 Err(WebSocketError::InvalidUTF8) => {
-                    break Some(Closing { code: 1007, reason: "invalid utf-8" })
+                    break Some(Closing {
+                        code: 1007,
+                        reason: "invalid utf-8",
+                    })
                 }
                 Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) => break None,
-                Err(_) => break Some(Closing { code: 1002, reason: "protocol error" }),
+                Err(_) => {
+                    break Some(Closing {
+                        code: 1002,
+                        reason: "protocol error",
+                    })
+                }
             };
             activity.touch();
             let message = match frame.opcode {
@@ -86,10 +98,16 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
                 }
                 OpCode::Continuation => {
                     let Some(buf) = partial.as_mut() else {
-                        break Some(Closing { code: 1002, reason: "protocol error" });
+                        break Some(Closing {
+                            code: 1002,
+                            reason: "protocol error",
+                        });
                     };
                     if buf.len() + frame.payload.len() > ctx.config.max_frame_bytes {
-                        break Some(Closing { code: 1009, reason: "message too big" });
+                        break Some(Closing {
+                            code: 1009,
+                            reason: "message too big",
+                        });
                     }
                     buf.extend_from_slice(&frame.payload);
                     if !frame.fin {
@@ -97,17 +115,30 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
                     }
                     let whole = partial.take().unwrap_or_default().freeze();
                     if std::str::from_utf8(&whole).is_err() {
-                        break Some(Closing { code: 1007, reason: "invalid utf-8" });
+                        break Some(Closing {
+                            code: 1007,
+                            reason: "invalid utf-8",
+                        });
                     }
                     whole
                 }
-                OpCode::Binary => break Some(Closing { code: 1003, reason: "binary frames are not supported" }),
+                OpCode::Binary => {
+                    break Some(Closing {
+                        code: 1003,
+                        reason: "binary frames are not supported",
+                    })
+                }
                 OpCode::Ping => {
                     outbox.push_control(frame::pong(&frame.payload));
                     continue;
                 }
                 OpCode::Pong => continue,
-                OpCode::Close => break Some(Closing { code: 1000, reason: "" }),
+                OpCode::Close => {
+                    break Some(Closing {
+                        code: 1000,
+                        reason: "",
+                    })
+                }
             };
             ctx.telemetry.message_in();
             if let Next::Close(code, reason) = session.handle(&message).await {
@@ -124,7 +155,10 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     if let Some(closing) = closing {
         outbox.close(closing);
     } else {
-        outbox.close(Closing { code: 1000, reason: "" });
+        outbox.close(Closing {
+            code: 1000,
+            reason: "",
+        });
     }
     session.leave_all();
     drop(session);
@@ -163,11 +197,10 @@ impl Activity {
     }
 
     fn idle_ms(&self) -> u64 {
-        (self.start.elapsed().as_millis() as u64).saturating_sub(self.last_ms.load(Ordering::Relaxed))
+        (self.start.elapsed().as_millis() as u64)
+            .saturating_sub(self.last_ms.load(Ordering::Relaxed))
     }
 }
-
-static WRITERS: AtomicUsize = AtomicUsize::new(0);
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     ctx: Arc<WsContext>,
@@ -175,7 +208,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: WriteHalf<W>,
     activity: Arc<Activity>,
 ) {
-    WRITERS.fetch_add(1, Ordering::Relaxed);
     let mut batch: Vec<Bytes> = Vec::new();
     let mut buffer = BytesMut::new();
     let mut ping = tokio::time::interval(ctx.config.ping_interval);
@@ -196,7 +228,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 if let Some(closing) = closing {
                     break Some(closing);
                 }
-                if write_batch(&mut out, &mut batch, &mut buffer).await.is_err() {
+                // A client that accepts nothing for a whole idle period is gone or stalled: drop
+                // it rather than hold its buffers forever.
+                let written = tokio::time::timeout(
+                    ctx.config.idle_timeout,
+                    write_batch(&mut out, &mut batch, &mut buffer),
+                );
+                if !matches!(written.await, Ok(Ok(()))) {
                     break None;
                 }
             }
@@ -206,13 +244,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if closing == Closing::SLOW_CONSUMER {
             ctx.telemetry.drop_reason("slow_consumer_close", 1);
         }
-        let _ = out.write_all(&frame::close(closing.code, closing.reason)).await;
+        let _ = out
+            .write_all(&frame::close(closing.code, closing.reason))
+            .await;
         let _ = out.flush().await;
     }
     let _ = out.shutdown().await;
     // The reader learns of the end through the outbox (slow consumer, shutdown) or the socket.
-    outbox.close(Closing { code: 1000, reason: "" });
-    WRITERS.fetch_sub(1, Ordering::Relaxed);
+    outbox.close(Closing {
+        code: 1000,
+        reason: "",
+    });
 }
 
 /// All queued frames in one write: the syscall per message, not the copy, is what limits

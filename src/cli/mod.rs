@@ -1,0 +1,110 @@
+//! Subcommands of the `walcast` binary.
+
+mod up;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use walcast::config::ServeArgs;
+use walcast::gateway::Gateway;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walcast",
+    version,
+    about = "PostgreSQL changes → permission-filtered WebSocket events (StaticBackend realtime protocol)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway against an existing PostgreSQL (wal_level=logical).
+    Serve {
+        /// TOML file with the same keys as the flags (snake_case); flags and env win.
+        #[arg(long, env = "WALCAST_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+    /// Start a private PostgreSQL with a demo app, and the gateway with its demo page.
+    Up(up::UpArgs),
+    /// Apply the StaticBackend layout and walcast's preparation to a database (idempotent).
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// Also create the demo app (accounts, users, `tasks_760_`).
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Print a StaticBackend session JWT for a user.
+    Token {
+        #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+        /// The user's id (`sb_tokens.id`).
+        #[arg(long)]
+        user_id: uuid::Uuid,
+        /// The user's token (`sb_tokens.token`).
+        #[arg(long)]
+        user_token: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { config, args } => {
+            let args = match config {
+                Some(path) => args.or(ServeArgs::from_file(&path)?),
+                None => args,
+            };
+            let settings = args.resolve()?;
+            let gateway = Gateway::start(settings)
+                .await
+                .context("starting the gateway")?;
+            wait_for_signal().await?;
+            gateway.shutdown().await;
+            Ok(())
+        }
+        Command::Up(args) => up::run(args).await,
+        Command::Migrate { database_url, demo } => {
+            let (mut client, connection) =
+                tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
+                    .await
+                    .context("connecting to PostgreSQL")?;
+            tokio::spawn(connection);
+            walcast::schema::migrate(&mut client, demo)
+                .await
+                .context("applying schema")?;
+            println!("schema applied");
+            Ok(())
+        }
+        Command::Token {
+            jwt_secret,
+            user_id,
+            user_token,
+            ttl,
+        } => {
+            println!(
+                "{}",
+                walcast::auth::issue_token(jwt_secret.as_bytes(), user_id, &user_token, ttl)
+            );
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT or SIGTERM.
+pub async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received, shutting down");
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! PROTOCOL.md §4: document events from the WAL, filtered by the read rules.
+//!
+//! "X receives nothing" is shown without sleeping: after the private change, a change X may
+//! read is made, and X's next message must be that one.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+struct Tenant {
+    app: App,
+    a: Uuid,
+    b: Uuid,
+    a1: User,
+    a2: User,
+    c: User,
+}
+
+/// The StaticBackend docs' example: account A with users A1, A2; account B with user C.
+async fn tenant(env: &TestEnv, name: &str) -> Tenant {
+    let app = env.create_app(name).await;
+    let a = env.create_account(&app).await;
+    let b = env.create_account(&app).await;
+    let a1 = env.create_user(&app, a, 0).await;
+    let a2 = env.create_user(&app, a, 0).await;
+    let c = env.create_user(&app, b, 0).await;
+    Tenant {
+        app,
+        a,
+        b,
+        a1,
+        a2,
+        c,
+    }
+}
+
+async fn subscribed(env: &TestEnv, user: &User, channel: &str) -> Ws {
+    let mut ws = env.ws_as(user).await;
+    ws.join(channel).await;
+    ws
+}
+
+#[tokio::test]
+async fn staticbackend_example_account_level() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    env.create_repo(&t.app, "tasks_760_").await;
+    let ch = "db-tasks_760_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await;
+    let mut a2 = subscribed(&env, &t.a2, ch).await;
+    let mut c = subscribed(&env, &t.c, ch).await;
+
+    let id = env
+        .insert(
+            &t.app,
+            "tasks_760_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"title": "A's task", "done": false}),
+        )
+        .await;
+    for ws in [&mut a1, &mut a2] {
+        let doc = event(&ws.recv().await, "db_created", ch);
+        assert_eq!(
+            doc,
+            json!({"accountId": t.a.to_string(), "done": false, "id": id.to_string(), "title": "A's task"})
+        );
+    }
+
+    let cid = env
+        .insert(
+            &t.app,
+            "tasks_760_",
+            Some(t.b),
+            Some(t.c.id),
+            json!({"title": "C's task"}),
+        )
+        .await;
+    let doc = event(&c.recv().await, "db_created", ch);
+    assert_eq!(
+        doc["id"],
+        cid.to_string(),
+        "C's first event is its own row: A's never reached it"
+    );
+
+    env.sql(&format!(
+        "UPDATE acme.tasks_760_ SET data = data || '{{\"done\": true}}' WHERE id = '{id}'"
+    ))
+    .await;
+    for ws in [&mut a1, &mut a2] {
+        let doc = event(&ws.recv().await, "db_updated", ch);
+        assert_eq!(doc["done"], true);
+        assert_eq!(doc["title"], "A's task");
+    }
+    env.sql(&format!("DELETE FROM acme.tasks_760_ WHERE id = '{id}'"))
+        .await;
+    for ws in [&mut a1, &mut a2] {
+        let deleted = event(&ws.recv().await, "db_deleted", ch);
+        assert_eq!(deleted, Value::String(id.to_string()));
+    }
+    env.sql(&format!("DELETE FROM acme.tasks_760_ WHERE id = '{cid}'"))
+        .await;
+    assert_eq!(
+        event(&c.recv().await, "db_deleted", ch),
+        Value::String(cid.to_string())
+    );
+}
+
+#[tokio::test]
+async fn owner_everyone_default_root_and_pub_levels() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    let root = env.create_user(&t.app, t.b, 100).await;
+    for repo in ["notes_700_", "wall_744_", "plain", "pub_news_700_"] {
+        env.create_repo(&t.app, repo).await;
+    }
+
+    // Owner level: only the owner (in the row's account) and root.
+    let ch = "db-notes_700_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await;
+    let mut a2 = subscribed(&env, &t.a2, ch).await;
+    let mut r = subscribed(&env, &root, ch).await;
+    let private = env
+        .insert(
+            &t.app,
+            "notes_700_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"n": 1}),
+        )
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_created", ch)["id"],
+        private.to_string()
+    );
+    assert_eq!(
+        event(&r.recv().await, "db_created", ch)["id"],
+        private.to_string()
+    );
+    let mine = env
+        .insert(
+            &t.app,
+            "notes_700_",
+            Some(t.a),
+            Some(t.a2.id),
+            json!({"n": 2}),
+        )
+        .await;
+    assert_eq!(
+        event(&a2.recv().await, "db_created", ch)["id"],
+        mine.to_string(),
+        "A2 never saw A1's note"
+    );
+    assert_eq!(
+        event(&r.recv().await, "db_created", ch)["id"],
+        mine.to_string()
+    );
+    // Owner id right but account wrong: not the owner's row.
+    let odd = env
+        .insert(
+            &t.app,
+            "notes_700_",
+            Some(t.b),
+            Some(t.a1.id),
+            json!({"n": 3}),
+        )
+        .await;
+    assert_eq!(
+        event(&r.recv().await, "db_created", ch)["id"],
+        odd.to_string()
+    );
+    let sentinel = env
+        .insert(
+            &t.app,
+            "notes_700_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"n": 4}),
+        )
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_created", ch)["id"],
+        sentinel.to_string()
+    );
+
+    // Everyone level (_744_): every user of the app.
+    let ch = "db-wall_744_";
+    let mut c = subscribed(&env, &t.c, ch).await;
+    let id = env
+        .insert(
+            &t.app,
+            "wall_744_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"post": "hi"}),
+        )
+        .await;
+    assert_eq!(
+        event(&c.recv().await, "db_created", ch)["id"],
+        id.to_string()
+    );
+
+    // No suffix = 740: account level.
+    let ch = "db-plain";
+    let mut c = subscribed(&env, &t.c, ch).await;
+    let mut a2 = subscribed(&env, &t.a2, ch).await;
+    let id = env
+        .insert(&t.app, "plain", Some(t.a), Some(t.a1.id), json!({"x": 1}))
+        .await;
+    assert_eq!(
+        event(&a2.recv().await, "db_created", ch)["id"],
+        id.to_string()
+    );
+    let cid = env
+        .insert(&t.app, "plain", Some(t.b), None, json!({"x": 2}))
+        .await;
+    assert_eq!(
+        event(&c.recv().await, "db_created", ch)["id"],
+        cid.to_string()
+    );
+
+    // pub_ repos: everyone, whatever the digits.
+    let ch = "db-pub_news_700_";
+    let mut c = subscribed(&env, &t.c, ch).await;
+    let id = env
+        .insert(
+            &t.app,
+            "pub_news_700_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"headline": "x"}),
+        )
+        .await;
+    assert_eq!(
+        event(&c.recv().await, "db_created", ch)["id"],
+        id.to_string()
+    );
+    env.sql(&format!("DELETE FROM acme.pub_news_700_ WHERE id = '{id}'"))
+        .await;
+    assert_eq!(
+        event(&c.recv().await, "db_deleted", ch),
+        Value::String(id.to_string())
+    );
+}
+
+#[tokio::test]
+async fn moving_a_row_between_accounts() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    env.create_repo(&t.app, "tasks_760_").await;
+    let ch = "db-tasks_760_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await;
+    let mut c = subscribed(&env, &t.c, ch).await;
+    let id = env
+        .insert(
+            &t.app,
+            "tasks_760_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"t": 1}),
+        )
+        .await;
+    event(&a1.recv().await, "db_created", ch);
+
+    env.sql(&format!(
+        "UPDATE acme.tasks_760_ SET account_id = '{}' WHERE id = '{id}'",
+        t.b
+    ))
+    .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_deleted", ch),
+        Value::String(id.to_string()),
+        "moved out of A's sight"
+    );
+    let doc = event(&c.recv().await, "db_created", ch);
+    assert_eq!(doc["id"], id.to_string(), "moved into B's sight");
+    assert_eq!(doc["accountId"], t.b.to_string());
+
+    env.sql(&format!(
+        "UPDATE acme.tasks_760_ SET data = '{{\"t\": 2}}' WHERE id = '{id}'"
+    ))
+    .await;
+    assert_eq!(event(&c.recv().await, "db_updated", ch)["t"], 2);
+    env.sql(&format!("DELETE FROM acme.tasks_760_ WHERE id = '{id}'"))
+        .await;
+    assert_eq!(
+        event(&c.recv().await, "db_deleted", ch),
+        Value::String(id.to_string())
+    );
+    let sentinel = env
+        .insert(&t.app, "tasks_760_", Some(t.a), None, json!({"t": 3}))
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_created", ch)["id"],
+        sentinel.to_string(),
+        "A saw neither the update nor the delete in B"
+    );
+}
+
+#[tokio::test]
+async fn repo_created_after_start_with_nullable_columns() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    let ch = "db-late_760_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await; // joined before the table exists
+    env.sql(
+        "CREATE TABLE acme.late_760_ (id uuid PRIMARY KEY DEFAULT uuid_generate_v4(),
+            account_id uuid, owner_id uuid, data jsonb NOT NULL, created timestamp NOT NULL)",
+    )
+    .await;
+    let id = env
+        .insert(
+            &t.app,
+            "late_760_",
+            Some(t.a),
+            Some(t.a1.id),
+            json!({"v": 1}),
+        )
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_created", ch)["id"],
+        id.to_string()
+    );
+    env.sql(&format!("DELETE FROM acme.late_760_ WHERE id = '{id}'"))
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_deleted", ch),
+        Value::String(id.to_string()),
+        "the event trigger gave the new table REPLICA IDENTITY FULL, so the delete is permission-checked"
+    );
+    // A row with NULL account_id is readable by nobody at account level (root aside).
+    env.insert(&t.app, "late_760_", None, None, json!({"v": 2}))
+        .await;
+    let id = env
+        .insert(&t.app, "late_760_", Some(t.a), None, json!({"v": 3}))
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_created", ch)["id"],
+        id.to_string()
+    );
+}
+
+#[tokio::test]
+async fn two_apps_with_same_repo_names_stay_isolated() {
+    let env = TestEnv::start().await;
+    let one = tenant(&env, "one").await;
+    let two = tenant(&env, "two").await;
+    env.create_repo(&one.app, "pub_feed").await;
+    env.create_repo(&two.app, "pub_feed").await;
+    let ch = "db-pub_feed";
+    let mut x = subscribed(&env, &one.a1, ch).await;
+    let mut y = subscribed(&env, &two.a1, ch).await;
+    env.insert(&one.app, "pub_feed", Some(one.a), None, json!({"app": 1}))
+        .await;
+    env.insert(&two.app, "pub_feed", Some(two.a), None, json!({"app": 2}))
+        .await;
+    assert_eq!(event(&x.recv().await, "db_created", ch)["app"], 1);
+    assert_eq!(event(&y.recv().await, "db_created", ch)["app"], 2);
+}
+
+#[tokio::test]
+async fn rolled_back_changes_are_never_sent() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    env.create_repo(&t.app, "tasks_760_").await;
+    let ch = "db-tasks_760_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await;
+    env.sql(&format!(
+        "BEGIN; INSERT INTO acme.tasks_760_ (account_id, data, created) VALUES ('{}', '{{\"ghost\": true}}', now()); ROLLBACK;",
+        t.a
+    ))
+    .await;
+    let id = env
+        .insert(
+            &t.app,
+            "tasks_760_",
+            Some(t.a),
+            None,
+            json!({"ghost": false}),
+        )
+        .await;
+    let doc = event(&a1.recv().await, "db_created", ch);
+    assert_eq!(doc["id"], id.to_string());
+    assert_eq!(doc["ghost"], false);
+}
+
+#[tokio::test]
+async fn ten_thousand_rows_in_one_transaction_arrive_complete_and_in_order() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    env.create_repo(&t.app, "bulk_760_").await;
+    let ch = "db-bulk_760_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await;
+    env.sql(&format!(
+        "INSERT INTO acme.bulk_760_ (account_id, data, created)
+         SELECT '{}', jsonb_build_object('n', g), now() FROM generate_series(1, 10000) g",
+        t.a
+    ))
+    .await;
+    let mut lsn = None;
+    for n in 1..=10000 {
+        let msg = a1.recv().await;
+        assert_eq!(event(&msg, "db_created", ch)["n"], n);
+        let this = msg["lsn"].as_str().unwrap().to_owned();
+        assert!(
+            lsn.as_ref().is_none_or(|l: &String| *l == this),
+            "one transaction, one commit LSN"
+        );
+        lsn = Some(this);
+    }
+}
+
+#[tokio::test]
+async fn update_with_unchanged_toast_carries_the_whole_document() {
+    let env = TestEnv::start().await;
+    let t = tenant(&env, "acme").await;
+    env.create_repo(&t.app, "docs_760_").await;
+    let ch = "db-docs_760_";
+    let mut a1 = subscribed(&env, &t.a1, ch).await;
+    // ~100 KB of incompressible text, stored out of line.
+    let big: String = (0..100_000 / 32)
+        .map(|_| Uuid::new_v4().simple().to_string())
+        .collect();
+    let id = env
+        .insert(&t.app, "docs_760_", Some(t.a), None, json!({"body": big}))
+        .await;
+    assert_eq!(
+        event(&a1.recv().await, "db_created", ch)["body"],
+        big.as_str()
+    );
+    env.sql(&format!(
+        "UPDATE acme.docs_760_ SET created = now() WHERE id = '{id}'"
+    ))
+    .await;
+    let doc = event(&a1.recv().await, "db_updated", ch);
+    assert_eq!(doc["body"], big.as_str());
+    assert_eq!(doc["id"], id.to_string());
+}

@@ -1,0 +1,6 @@
+//! Integration tests: real PostgreSQL (private, per test), real gateway, real WebSocket clients.
+
+mod support;
+
+mod db_events;
+mod protocol;

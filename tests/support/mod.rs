@@ -1,0 +1,294 @@
+//! Test support: a private PostgreSQL per test (from the installed server binaries), the
+//! StaticBackend layout, a gateway on 127.0.0.1:0, and a real WebSocket client.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_postgres::{Client, NoTls};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use uuid::Uuid;
+use walcast::config::Settings;
+use walcast::gateway::Gateway;
+use walcast_replication::cluster::{Cluster, ClusterOptions};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub struct TestEnv {
+    pub gateway: Option<Gateway>,
+    pub addr: SocketAddr,
+    pub url: String,
+    pub db: Client,
+    pub settings: Settings,
+    // Dropped last: stops PostgreSQL even when a test panics.
+    pub cluster: Cluster,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub id: Uuid,
+}
+
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub account: Uuid,
+    pub user_token: String,
+    pub jwt: String,
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+impl TestEnv {
+    pub async fn start() -> TestEnv {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> TestEnv {
+        let cluster = Cluster::start(ClusterOptions::default())
+            .await
+            .expect("start private PostgreSQL");
+        let url = cluster.create_database().await.expect("create database");
+        let mut db = connect(&url).await;
+        walcast::schema::migrate(&mut db, false)
+            .await
+            .expect("migrate");
+        let mut settings = Settings::new(url.clone(), SECRET);
+        settings.listen = "127.0.0.1:0".parse().unwrap();
+        tune(&mut settings);
+        let gateway = Gateway::start(settings.clone())
+            .await
+            .expect("gateway start");
+        let addr = gateway.local_addr();
+        TestEnv {
+            gateway: Some(gateway),
+            addr,
+            url,
+            db,
+            settings,
+            cluster,
+        }
+    }
+
+    pub async fn sql(&self, sql: &str) {
+        self.db
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    }
+
+    pub async fn create_app(&self, name: &str) -> App {
+        let row = self
+            .db
+            .query_one("SELECT sb.walcast_create_app($1)", &[&name])
+            .await
+            .expect("create app");
+        App {
+            name: name.to_owned(),
+            id: row.get(0),
+        }
+    }
+
+    pub async fn create_account(&self, app: &App) -> Uuid {
+        let id = Uuid::new_v4();
+        self.db
+            .execute(
+                &format!(
+                    "INSERT INTO \"{}\".sb_accounts (id, email) VALUES ($1, $2)",
+                    app.name
+                ),
+                &[&id, &format!("{id}@acct.test")],
+            )
+            .await
+            .expect("create account");
+        id
+    }
+
+    pub async fn create_user(&self, app: &App, account: Uuid, role: i32) -> User {
+        let id = Uuid::new_v4();
+        let user_token = format!("tok-{}", Uuid::new_v4().simple());
+        self.db
+            .execute(
+                &format!(
+                    "INSERT INTO \"{}\".sb_tokens (id, account_id, token, email, password, role, reset_code) \
+                     VALUES ($1, $2, $3, $4, '', $5, '')",
+                    app.name
+                ),
+                &[&id, &account, &user_token, &format!("{id}@user.test"), &role],
+            )
+            .await
+            .expect("create user");
+        let jwt = walcast::auth::issue_token(SECRET.as_bytes(), id, &user_token, 3600);
+        User {
+            id,
+            account,
+            user_token,
+            jwt,
+        }
+    }
+
+    pub async fn create_repo(&self, app: &App, repo: &str) {
+        self.db
+            .execute("SELECT sb.walcast_create_repo($1, $2)", &[&app.name, &repo])
+            .await
+            .expect("create repo");
+    }
+
+    /// Inserts a document; returns its id.
+    pub async fn insert(
+        &self,
+        app: &App,
+        repo: &str,
+        account: Option<Uuid>,
+        owner: Option<Uuid>,
+        data: Value,
+    ) -> Uuid {
+        let row = self
+            .db
+            .query_one(
+                &format!(
+                    "INSERT INTO \"{}\".\"{repo}\" (account_id, owner_id, data, created) \
+                     VALUES ($1, $2, $3::text::jsonb, now()) RETURNING id",
+                    app.name
+                ),
+                &[&account, &owner, &data.to_string()],
+            )
+            .await
+            .expect("insert");
+        row.get(0)
+    }
+
+    pub async fn ws(&self) -> Ws {
+        Ws::connect(self.addr, "").await
+    }
+
+    pub async fn ws_as(&self, user: &User) -> Ws {
+        let mut ws = self.ws().await;
+        ws.auth(&user.jwt).await;
+        ws
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(gateway) = self.gateway.take() {
+            gateway.shutdown().await;
+        }
+    }
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub sid: String,
+    pub token: String,
+}
+
+impl Ws {
+    /// Connected, before reading `init`.
+    pub async fn connect_raw(addr: SocketAddr, query: &str) -> Ws {
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws{query}"))
+            .await
+            .expect("websocket connect");
+        Ws {
+            stream,
+            sid: String::new(),
+            token: String::new(),
+        }
+    }
+
+    pub async fn connect(addr: SocketAddr, query: &str) -> Ws {
+        let mut ws = Self::connect_raw(addr, query).await;
+        let init = ws.recv().await;
+        assert_eq!(init["type"], "init", "{init}");
+        assert_eq!(init["sid"], "");
+        ws.sid = init["data"].as_str().expect("sid").to_owned();
+        ws
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.stream
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a message with this connection's sid and websocket token.
+    pub async fn send(&mut self, kind: &str, data: &str, channel: &str) {
+        let msg = json!({"sid": self.sid, "type": kind, "data": data, "channel": channel, "token": self.token});
+        self.send_text(msg.to_string()).await;
+    }
+
+    /// Next text message, parsed. Pings are answered by tungstenite itself.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for a message")
+                .expect("connection ended")
+                .expect("websocket error");
+            match next {
+                Message::Text(text) => {
+                    return serde_json::from_str(text.as_str()).expect("server sent invalid JSON")
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Sends and returns the reply.
+    pub async fn request(&mut self, kind: &str, data: &str, channel: &str) -> Value {
+        self.send(kind, data, channel).await;
+        self.recv().await
+    }
+
+    pub async fn auth(&mut self, jwt: &str) {
+        let reply = self.request("auth", jwt, "").await;
+        assert_eq!(reply["type"], "token", "{reply}");
+        self.token = reply["data"].as_str().expect("token").to_owned();
+    }
+
+    pub async fn join(&mut self, channel: &str) {
+        let reply = self.request("join", channel, "").await;
+        assert_eq!(reply["type"], "joined", "{reply}");
+        assert_eq!(reply["data"], channel);
+    }
+
+    /// Waits for the server to close; returns the close code.
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("timed out waiting for close");
+            match next {
+                Some(Ok(Message::Close(Some(frame)))) => return u16::from(frame.code),
+                Some(Ok(Message::Close(None))) => return u16::from(CloseCode::Status),
+                Some(Ok(_)) => continue,
+                Some(Err(error)) => panic!("connection failed before a close frame: {error}"),
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+}
+
+/// Asserts an event message and returns its parsed document (or id for deletes).
+pub fn event(msg: &Value, kind: &str, channel: &str) -> Value {
+    assert_eq!(msg["type"], kind, "{msg}");
+    assert_eq!(msg["channel"], channel, "{msg}");
+    assert_eq!(msg["sid"], "", "{msg}");
+    assert_eq!(msg["token"], "", "{msg}");
+    assert!(
+        msg["lsn"].as_str().is_some_and(|l| l.contains('/')),
+        "{msg}"
+    );
+    serde_json::from_str(msg["data"].as_str().expect("data is a string")).expect("data is JSON")
+}
