@@ -1,5 +1,7 @@
 //! Subcommands of the `walcast` binary.
 
+mod bench;
+mod tail;
 mod up;
 
 use anyhow::{Context, Result};
@@ -39,6 +41,10 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Print every document change as one JSON object per line.
+    Tail(tail::TailArgs),
+    /// Measure throughput and latency against a gateway.
+    Bench(bench::BenchArgs),
     /// Print a StaticBackend session JWT for a user.
     Token {
         #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -71,6 +77,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Up(args) => up::run(args).await,
+        Command::Tail(args) => tail::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Migrate { database_url, demo } => {
             let (mut client, connection) =
                 tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
