@@ -27,6 +27,7 @@
 //! - [`gateway`]: wiring and ordered shutdown.
 //! - [`config`]: `serve` settings (flags over env over TOML file).
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
 
 pub mod auth;
 pub mod config;
@@ -38,5 +39,6 @@ pub mod hub;
 pub mod permission;
 pub mod protocol;
 pub mod schema;
+pub mod tail;
 pub mod telemetry;
 pub mod ws;

@@ -2,5 +2,8 @@
 
 mod support;
 
+mod cli;
 mod db_events;
+mod http;
 mod protocol;
+mod tail;

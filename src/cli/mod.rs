@@ -108,11 +108,21 @@ pub async fn run(cli: Cli) -> Result<()> {
 
 /// SIGINT or SIGTERM.
 pub async fn wait_for_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    tracing::info!("signal received, shutting down");
+    shutdown_signal()?.await;
     Ok(())
+}
+
+/// Listens for SIGINT and SIGTERM from the moment it is called (not from the first poll), so a
+/// signal sent right after a "ready" line is not lost; completes on the first one.
+pub fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("signal received, shutting down");
+    })
 }

@@ -70,6 +70,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .await
         .context("starting the gateway")?;
     let addr = gateway.local_addr();
+    // Listening before the banner: a Ctrl-C right after it must not be lost.
+    let signal = super::shutdown_signal()?;
     println!("walcast is up.");
     println!("  demo page:  http://{addr}/");
     println!("  dashboard:  http://{addr}/dashboard");
@@ -84,7 +86,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 
-    super::wait_for_signal().await?;
+    signal.await;
     gateway.shutdown().await;
     if let Some(cluster) = cluster {
         eprint!("Stopping PostgreSQL … ");

@@ -292,3 +292,70 @@ pub fn event(msg: &Value, kind: &str, channel: &str) -> Value {
     );
     serde_json::from_str(msg["data"].as_str().expect("data is a string")).expect("data is JSON")
 }
+
+/// A response read by [`http`]: status code and body (the server closes after it).
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+/// A tiny HTTP/1.1 client: one request with `Connection: close`, read to the end. Bounded by
+/// [`WAIT`]. `headers` are extra `Name: value` lines; a body gets a `Content-Length`.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.expect("http connect");
+        let mut request =
+            format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        if !body.is_empty() {
+            request.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("http send");
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.expect("http read");
+        raw
+    };
+    let raw = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("timed out waiting for an HTTP response");
+    let text = String::from_utf8(raw).expect("response is UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("response has a head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked responses are not decoded here: {head}"
+    );
+    HttpResponse {
+        status,
+        body: body.to_owned(),
+    }
+}
+
+/// `GET path`.
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http(addr, "GET", path, &[], "").await
+}

@@ -1,0 +1,188 @@
+//! `walcast up` from an empty directory: embedded PostgreSQL initialised, demo app, gateway, a
+//! todo created over the demo API arrives live on a WebSocket; Ctrl-C stops everything, the
+//! embedded PostgreSQL included; a second run reuses the data directory.
+
+use crate::support::*;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_walcast");
+/// initdb on a loaded machine takes a while; still bounded.
+const START_WAIT: Duration = Duration::from_secs(120);
+
+struct Up {
+    child: Child,
+    addr: SocketAddr,
+    /// The session tokens `up` printed, one per demo user.
+    printed_tokens: Vec<String>,
+    _stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Up {
+    /// Runs `walcast up` in `dir` and reads stdout up to "Press Ctrl-C to stop.".
+    async fn start(dir: &Path) -> Up {
+        let mut child = Command::new(BIN)
+            .current_dir(dir)
+            .args(["up", "--data-dir"])
+            .arg(dir.join("pgdata"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn walcast up");
+        let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                eprintln!("[walcast up] {line}");
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        let mut printed_tokens = Vec::new();
+        loop {
+            let line = tokio::time::timeout(START_WAIT, stdout.next_line())
+                .await
+                .expect("walcast up did not get ready")
+                .unwrap()
+                .expect("walcast up ended before it was ready");
+            if let Some(url) = line.trim().strip_prefix("demo page:") {
+                let url = url.trim();
+                let host = url
+                    .strip_prefix("http://")
+                    .and_then(|u| u.strip_suffix('/'))
+                    .unwrap_or_else(|| panic!("demo page URL: {url}"));
+                addr = Some(host.parse().expect("demo page address"));
+            }
+            // "    Alice  alice@demo.test Account A: <jwt>"
+            if line.contains("@demo.test") {
+                let jwt = line.rsplit(": ").next().unwrap().trim().to_owned();
+                assert_eq!(jwt.split('.').count(), 3, "{line}");
+                printed_tokens.push(jwt);
+            }
+            if line.contains("Press Ctrl-C") {
+                break;
+            }
+        }
+        Up {
+            child,
+            addr: addr.expect("up printed the demo page URL"),
+            printed_tokens,
+            _stdout: stdout,
+        }
+    }
+
+    /// SIGINT, then the exit code (bounded wait).
+    async fn interrupt(mut self) -> Option<i32> {
+        let pid = self.child.id().expect("up is running");
+        let status = std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("walcast up did not exit after SIGINT")
+            .unwrap()
+            .code()
+    }
+}
+
+/// An empty directory the `postgres` user can reach (the embedded server runs as `postgres`
+/// when the tests run as root; `up` itself hands the data directory over).
+fn empty_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("walcast-up-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    dir
+}
+
+#[tokio::test]
+async fn up_from_an_empty_directory_serves_the_demo_and_stops_cleanly() {
+    let dir = empty_dir();
+    let pgdata = dir.path().join("pgdata");
+
+    let up = Up::start(dir.path()).await;
+    assert_eq!(up.printed_tokens.len(), 3, "one token per demo user");
+    assert!(pgdata.join("postmaster.pid").exists());
+
+    let page = http_get(up.addr, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("todo-list"), "{}", page.body);
+    let users = http_get(up.addr, "/demo/users").await;
+    assert_eq!(users.status, 200);
+    let users: Value = serde_json::from_str(&users.body).unwrap();
+    let users = users.as_array().expect("array of users");
+    assert_eq!(users.len(), 3);
+    let alice = &users[0];
+    assert_eq!(alice["name"], "Alice");
+    let token = alice["token"].as_str().expect("token");
+
+    // A printed token is a valid session too.
+    let mut printed = Ws::connect(up.addr, "").await;
+    printed.auth(&up.printed_tokens[0]).await;
+
+    let mut ws = Ws::connect(up.addr, "").await;
+    ws.auth(token).await;
+    ws.join("db-tasks_760_").await;
+    let bearer = format!("Bearer {token}");
+    let created = http(
+        up.addr,
+        "POST",
+        "/demo/tasks",
+        &[("Authorization", &bearer)],
+        &json!({"title": "from the up test"}).to_string(),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let id = serde_json::from_str::<Value>(&created.body).unwrap()["id"]
+        .as_str()
+        .expect("created id")
+        .to_owned();
+    let doc = event(&ws.recv().await, "db_created", "db-tasks_760_");
+    assert_eq!(doc["id"], id);
+    assert_eq!(doc["title"], "from the up test");
+    assert_eq!(doc["accountId"], alice["accountId"]);
+    drop(ws);
+    drop(printed);
+
+    assert_eq!(up.interrupt().await, Some(0));
+    assert!(
+        !pgdata.join("postmaster.pid").exists(),
+        "the embedded PostgreSQL is still running"
+    );
+
+    // Second run: same data directory, nothing initialised again, the todo is still there.
+    let up = Up::start(dir.path()).await;
+    let listed = http(
+        up.addr,
+        "GET",
+        "/demo/tasks",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let listed: Value = serde_json::from_str(&listed.body).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["id"] == id.as_str()),
+        "{listed}"
+    );
+    assert_eq!(up.interrupt().await, Some(0));
+    assert!(!pgdata.join("postmaster.pid").exists());
+}
