@@ -2,8 +2,10 @@
 
 mod support;
 
+mod browser;
 mod cli;
 mod db_events;
 mod http;
+mod lifecycle;
 mod protocol;
 mod tail;

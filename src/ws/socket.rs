@@ -213,10 +213,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut ping = tokio::time::interval(ctx.config.ping_interval);
     ping.tick().await;
     let idle_limit = ctx.config.idle_timeout.as_millis() as u64;
+    let mut shutting_down = false;
     let closing = loop {
         tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled() => outbox.close(Closing::GOING_AWAY),
+            _ = ctx.shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                outbox.close(Closing::GOING_AWAY);
+            }
             _ = ping.tick() => {
                 if activity.idle_ms() > idle_limit {
                     outbox.close(Closing { code: 1001, reason: "idle timeout" });
