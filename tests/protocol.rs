@@ -367,3 +367,71 @@ async fn stalled_client_is_closed_as_slow_consumer_others_keep_receiving() {
     );
     assert_eq!(stalled.closed().await, 4008);
 }
+
+/// Reads one server frame from a raw socket: (opcode, payload).
+async fn raw_frame(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.expect("frame header");
+    assert_eq!(head[1] & 0x80, 0, "server frames are unmasked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).await.unwrap();
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).await.unwrap();
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+#[tokio::test]
+async fn server_pings_and_closes_silent_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start_with(|s| {
+        s.ws.ping_interval = std::time::Duration::from_millis(200);
+        s.ws.idle_timeout = std::time::Duration::from_millis(1000);
+    })
+    .await;
+    // A raw client that completes the handshake and then never answers anything.
+    let mut stream = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let result = tokio::time::timeout(WAIT, async {
+        let (op, init) = raw_frame(&mut stream).await;
+        assert_eq!(op, 0x1);
+        assert!(String::from_utf8(init).unwrap().contains("\"init\""));
+        let mut pings = 0;
+        loop {
+            match raw_frame(&mut stream).await {
+                (0x9, _) => pings += 1,
+                (0x8, payload) => {
+                    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1001);
+                    assert_eq!(&payload[2..], b"idle timeout");
+                    return pings;
+                }
+                (op, _) => panic!("unexpected opcode {op}"),
+            }
+        }
+    })
+    .await
+    .expect("the silent connection was not closed");
+    assert!(result >= 1, "the server pinged before giving up");
+}
