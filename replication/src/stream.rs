@@ -405,3 +405,58 @@ impl Reader {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The gateway spawns both the start future and the stream on a multi-threaded runtime.
+    #[test]
+    fn start_future_and_stream_are_send() {
+        let fut = ReplicationStream::start(ReplicationConfig::default());
+        assert_send(&fut);
+        fn stream_is_send_sync<T: Send + Sync>() {}
+        stream_is_send_sync::<ReplicationStream>();
+        stream_is_send_sync::<Confirmer>();
+        stream_is_send_sync::<ProgressHandle>();
+    }
+
+    #[tokio::test]
+    async fn rejects_unusable_configuration() {
+        let bad = |config: ReplicationConfig| async move {
+            ReplicationStream::start(config).await.unwrap_err()
+        };
+        let base = ReplicationConfig {
+            conninfo: "host=127.0.0.1 port=1 user=x".into(),
+            ..ReplicationConfig::default()
+        };
+        assert!(matches!(
+            bad(ReplicationConfig {
+                conninfo: "postgres://[::1".into(),
+                ..base.clone()
+            })
+            .await,
+            ReplicationError::ConnInfo(_)
+        ));
+        assert!(matches!(
+            bad(ReplicationConfig {
+                channel_capacity: 0,
+                ..base.clone()
+            })
+            .await,
+            ReplicationError::Config(_)
+        ));
+        assert!(matches!(
+            bad(ReplicationConfig {
+                slot: String::new(),
+                ..base.clone()
+            })
+            .await,
+            ReplicationError::Config(_)
+        ));
+        // Nothing listens on port 1.
+        assert!(matches!(bad(base).await, ReplicationError::Io(_)));
+    }
+}

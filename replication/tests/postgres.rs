@@ -556,3 +556,71 @@ fn cluster_is_stopped_and_removed_when_a_test_panics() {
         "server still listening"
     );
 }
+
+#[tokio::test]
+async fn flush_position_is_exactly_what_the_consumer_confirmed() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE t (id int)").await;
+    let config = ReplicationConfig {
+        status_interval: Duration::from_millis(100),
+        ..db.config()
+    };
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    let start = db.slot_confirmed("walcast").await;
+    for n in 0..3 {
+        db.exec(&format!("INSERT INTO t VALUES ({n})")).await;
+    }
+    let txs = [
+        next(&mut stream).await,
+        next(&mut stream).await,
+        next(&mut stream).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        db.slot_confirmed("walcast").await,
+        start,
+        "nothing confirmed, nothing flushed"
+    );
+    stream.confirmer().confirm(txs[0].end_lsn);
+    stream.confirmer().confirm(Lsn(txs[0].end_lsn.0 - 1)); // lower: ignored
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(db.slot_confirmed("walcast").await, txs[0].end_lsn);
+    stream.confirmer().confirm(txs[2].end_lsn);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(db.slot_confirmed("walcast").await >= txs[2].end_lsn);
+    stream.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_consumer_pauses_reading_and_postgres_keeps_the_wal() {
+    let db = Db::start().await;
+    db.exec("CREATE TABLE blobs (id int, body text)").await;
+    let config = ReplicationConfig {
+        channel_capacity: 2,
+        ..db.config()
+    };
+    let mut stream = ReplicationStream::start(config).await.unwrap();
+    // ~30 MB of incompressible row data, far more than socket buffers hold.
+    for n in 0..300 {
+        db.exec(&format!(
+            "INSERT INTO blobs SELECT {n}, string_agg(md5(random()::text), '') FROM generate_series(1, 3200)"
+        ))
+        .await;
+    }
+    let end = db.current_lsn().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let received = stream.progress().received();
+    assert!(
+        end.0 - received.0 > 10_000_000,
+        "reader did not pause: received {received}, end {end}"
+    );
+    for n in 0..300 {
+        let tx = next(&mut stream).await;
+        let [Change::Insert { new, .. }] = &tx.changes[..] else {
+            panic!()
+        };
+        assert_eq!(text(&new.0[0]), n.to_string());
+        stream.confirmer().confirm(tx.end_lsn);
+    }
+    stream.stop().await.unwrap();
+}
