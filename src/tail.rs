@@ -15,7 +15,7 @@ use crate::event::{Assembler, CommittedEvents, DocumentChange, DocumentEvent};
 use std::future::Future;
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
 use walcast_replication::{
     PublicationScope, ReplicationConfig, ReplicationError, ReplicationStream,
 };
@@ -83,16 +83,15 @@ pub fn replication_config(conninfo: &str, slot: String) -> ReplicationConfig {
 
 /// Streams until `stop` completes, `closed` completes (the output's reader went away), the
 /// output refuses a write with `BrokenPipe`, or the stream ends; then stops the stream.
-pub async fn run<W: AsyncWrite + Unpin>(
+pub async fn run(
     mut stream: ReplicationStream,
-    out: &mut W,
+    out: &mut StdoutWriter,
     filter: &TailFilter,
     stop: impl Future<Output = ()>,
     closed: impl Future<Output = ()>,
 ) -> Result<TailEnd, TailError> {
     let confirmer = stream.confirmer();
     let mut assembler = Assembler::new();
-    let mut buf = Vec::with_capacity(8 * 1024);
     tokio::pin!(stop);
     tokio::pin!(closed);
     let result = loop {
@@ -107,7 +106,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             Some(Err(e)) => break Err(TailError::Replication(e)),
             None => break Ok(TailEnd::StreamEnded),
         };
-        buf.clear();
+        let mut buf = Vec::new();
         if let Err(e) = format_transaction(&assembler.assemble(&tx), filter, &mut buf) {
             break Err(TailError::Format(e));
         }
@@ -115,7 +114,7 @@ pub async fn run<W: AsyncWrite + Unpin>(
             let written = tokio::select! {
                 biased;
                 _ = &mut stop => break Ok(TailEnd::Stopped),
-                written = write_flush(out, &buf) => written,
+                written = out.write(buf) => written,
             };
             match written {
                 Ok(()) => {}
@@ -133,9 +132,43 @@ pub async fn run<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn write_flush<W: AsyncWrite + Unpin>(out: &mut W, buf: &[u8]) -> io::Result<()> {
-    out.write_all(buf).await?;
-    out.flush().await
+/// Writes each transaction's lines to stdout, and flushes them, from a thread of its own.
+///
+/// Not tokio's stdout: that writes on the runtime's blocking pool, which the runtime waits for
+/// when it shuts down, so a reader that stopped reading (a full pipe) would keep the process
+/// from exiting on SIGINT. A plain thread does not hold the process back.
+#[derive(Debug)]
+pub struct StdoutWriter {
+    batches: std::sync::mpsc::SyncSender<Batch>,
+}
+
+type Batch = (Vec<u8>, oneshot::Sender<io::Result<()>>);
+
+impl StdoutWriter {
+    pub fn spawn() -> io::Result<StdoutWriter> {
+        let (batches, rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+        std::thread::Builder::new()
+            .name("tail-stdout".into())
+            .spawn(move || {
+                use std::io::Write;
+                let stdout = io::stdout();
+                for (buf, done) in rx {
+                    let mut out = stdout.lock();
+                    let _ = done.send(out.write_all(&buf).and_then(|()| out.flush()));
+                }
+            })?;
+        Ok(StdoutWriter { batches })
+    }
+
+    /// Writes and flushes `buf`; returns once done. Cancel-safe in the sense that matters
+    /// here: abandoning it leaves the write to finish (or block) on the thread alone.
+    pub async fn write(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        let gone = || io::Error::other("the stdout writer thread ended");
+        let (done, result) = oneshot::channel();
+        // One batch in flight at a time, so the channel always has room.
+        self.batches.try_send((buf, done)).map_err(|_| gone())?;
+        result.await.map_err(|_| gone())?
+    }
 }
 
 /// Appends one line per matching event of the transaction; returns how many.

@@ -367,4 +367,21 @@ async fn tail_exits_zero_on_sigint_and_sigterm() {
         assert_eq!(tail.signal(signal).await, Some(0), "exit after SIG{signal}");
         assert_slot_dropped(&env, &slot).await;
     }
+
+    // A reader that never reads: ~500 KB of lines fill the pipe and the write blocks; SIGINT
+    // must still end the process (the blocked write must not hold it).
+    let tail = Tail::spawn(&env.url, &[]).await;
+    env.sql(
+        "INSERT INTO acme.tasks (data, created) \
+         SELECT jsonb_build_object('pad', repeat('x', 1000), 'i', i), now() \
+         FROM generate_series(1, 500) i",
+    )
+    .await;
+    let slot = tail.slot.clone();
+    assert_eq!(
+        tail.signal("INT").await,
+        Some(0),
+        "exit with a stalled reader"
+    );
+    assert_slot_dropped(&env, &slot).await;
 }

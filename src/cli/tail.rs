@@ -33,7 +33,7 @@ pub async fn run(args: TailArgs) -> Result<()> {
         apps: args.apps,
         repos: args.repos,
     };
-    let mut out = tokio::io::stdout();
+    let mut out = tail::StdoutWriter::spawn().context("starting the output thread")?;
     let end = tail::run(stream, &mut out, &filter, stop, tail::stdout_closed())
         .await
         .context("tailing")?;
