@@ -96,6 +96,9 @@ pub struct Cluster {
     /// Owns the temporary directory; dropped after the server is stopped.
     temp: Option<tempfile::TempDir>,
     running: bool,
+    /// Stops the server if this process dies without running `Drop` (SIGKILL, `process::exit`,
+    /// a cluster kept in a never-dropped static).
+    watchdog: Option<std::process::Child>,
 }
 
 static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -154,6 +157,7 @@ impl Cluster {
             run_as: owner.map(|_| "postgres".to_owned()),
             temp,
             running: false,
+            watchdog: None,
         };
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.initdb(&opts).await?;
@@ -171,6 +175,7 @@ impl Cluster {
             match cluster.pg_ctl_start().await {
                 Ok(()) => {
                     cluster.running = true;
+                    cluster.watchdog = cluster.spawn_watchdog();
                     debug!(port, data_dir = %cluster.data_dir.display(), "private PostgreSQL started");
                     return Ok(cluster);
                 }
@@ -252,12 +257,51 @@ impl Cluster {
             .await
             .map_err(io_err("running pg_ctl stop"))?;
         self.running = false;
+        self.stop_watchdog();
         if !out.status.success() {
             return Err(ClusterError::Stop {
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
         Ok(())
+    }
+
+    /// A detached shell that polls this process and, once it is gone, stops the server and
+    /// removes a temporary directory. Best effort: without it a killed test run leaks servers.
+    fn spawn_watchdog(&self) -> Option<std::process::Child> {
+        let pg_ctl = sh_quote(&self.tool("pg_ctl").display().to_string());
+        let data = sh_quote(&self.data_dir.display().to_string());
+        let run_as = match &self.run_as {
+            Some(user) => format!("runuser -u {} -- ", sh_quote(user)),
+            None => String::new(),
+        };
+        let (mode, cleanup) = match &self.temp {
+            Some(t) => (
+                "immediate",
+                format!("; rm -rf {}", sh_quote(&t.path().display().to_string())),
+            ),
+            None => ("fast", String::new()),
+        };
+        let script = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
+             {run_as}{pg_ctl} stop -m {mode} -D {data} >/dev/null 2>&1{cleanup}",
+            pid = std::process::id()
+        );
+        std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| warn!(error = %e, "could not start the cluster watchdog"))
+            .ok()
+    }
+
+    fn stop_watchdog(&mut self) {
+        if let Some(mut child) = self.watchdog.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     fn tool(&self, name: &str) -> PathBuf {
@@ -374,6 +418,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        self.stop_watchdog();
         if !self.running {
             return;
         }
@@ -403,6 +448,11 @@ impl Drop for Cluster {
             warn!(data_dir = %self.data_dir.display(), "could not stop the private PostgreSQL");
         }
     }
+}
+
+/// Single-quotes `s` for `sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn has_binaries(dir: &Path) -> bool {

@@ -624,3 +624,49 @@ async fn slow_consumer_pauses_reading_and_postgres_keeps_the_wal() {
     }
     stream.stop().await.unwrap();
 }
+
+/// A test binary killed outright (no unwinding, no Drop) must not leak its server: the watchdog
+/// notices the process is gone and stops it.
+#[test]
+fn cluster_is_stopped_when_the_process_dies_without_drop() {
+    if std::env::var_os("WALCAST_CLUSTER_ABORT_CHILD").is_some() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let cluster = rt
+            .block_on(walcast_replication::cluster::Cluster::start(
+                ClusterOptions::default(),
+            ))
+            .unwrap();
+        println!(
+            "CLUSTER {} {}",
+            cluster.port(),
+            cluster.data_dir().display()
+        );
+        std::process::abort();
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cluster_is_stopped_when_the_process_dies_without_drop",
+            "--nocapture",
+        ])
+        .env("WALCAST_CLUSTER_ABORT_CHILD", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("CLUSTER "))
+        .unwrap_or_else(|| panic!("child did not start a cluster: {stdout}"));
+    let (port, data_dir) = line.split_once(' ').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if !std::path::Path::new(data_dir).exists()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("server on port {port} ({data_dir}) outlived its process");
+}
