@@ -5,7 +5,28 @@
 //! a free port on 127.0.0.1 only, the Unix socket in the cluster's own directory. When the
 //! process runs as root the server runs as the `postgres` user (PostgreSQL refuses root), via
 //! `runuser`. [`Drop`] stops the server (immediately, synchronously) and removes a temporary
-//! directory, so a panicking test leaves nothing behind.
+//! directory, so a panicking test leaves nothing behind; a watchdog process does the same if
+//! the owning process dies without running `Drop`.
+//!
+//! From another crate's tests (dev-dependency `walcast-replication` with feature `cluster`),
+//! one cluster per test works the same under `cargo test` and `cargo nextest`:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use walcast_replication::cluster::{Cluster, ClusterOptions};
+//!
+//! let cluster = Cluster::start(ClusterOptions {
+//!     extra_conf: vec![("wal_sender_timeout".into(), "5s".into())],
+//!     ..ClusterOptions::default()
+//! })
+//! .await?;
+//! let url = cluster.create_database().await?; // postgres://postgres@127.0.0.1:PORT/walcast_test_…
+//! let client = cluster.client(url.rsplit('/').next().unwrap_or("postgres")).await?;
+//! client.batch_execute("CREATE TABLE t (id int)").await?;
+//! // … run the code under test against `url` …
+//! cluster.stop().await?; // or just drop it
+//! # Ok(()) }
+//! ```
 
 use std::io;
 use std::net::TcpListener;

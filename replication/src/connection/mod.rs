@@ -26,6 +26,9 @@ use socket::Socket;
 /// small retained transaction can pin.
 const READ_CHUNK: usize = 128 * 1024;
 
+/// Largest backend message accepted: PostgreSQL's MaxAllocSize plus framing slack.
+const MAX_MESSAGE_LEN: u32 = (1 << 30) + 64 * 1024;
+
 /// One backend message, or the `W` message `postgres-protocol` does not know.
 pub(crate) enum Frame {
     Message(Message),
@@ -197,6 +200,16 @@ impl Connection {
 
     /// The next complete frame already buffered, if any.
     pub(crate) fn try_frame(&mut self) -> Result<Option<Frame>, ReplicationError> {
+        // PostgreSQL never sends a message above 1 GiB (MaxAllocSize); refusing larger lengths
+        // keeps a corrupt or hostile peer from making us reserve gigabytes.
+        if let Some(h) = self.read_buf.get(1..5) {
+            let len = u32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+            if len > MAX_MESSAGE_LEN {
+                return Err(ReplicationError::Protocol(format!(
+                    "backend message of {len} bytes exceeds the 1 GiB protocol limit"
+                )));
+            }
+        }
         if self.read_buf.first() == Some(&b'W') {
             // CopyBothResponse: format (Int8), column count (Int16), formats; none matter for
             // logical replication, so the body is skipped once it is complete.
