@@ -80,19 +80,27 @@ impl Up {
         }
     }
 
-    /// SIGINT, then the exit code (bounded wait).
-    async fn interrupt(mut self) -> Option<i32> {
+    /// SIGINT, then the exit code. Bounded above `pg_ctl stop`'s own 60 s, so that a slow stop
+    /// shows up as walcast's error rather than as this timeout.
+    async fn interrupt(mut self, pgdata: &Path) -> Option<i32> {
         let pid = self.child.id().expect("up is running");
         let status = std::process::Command::new("kill")
             .args(["-INT", &pid.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
-        tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("walcast up did not exit after SIGINT")
-            .unwrap()
-            .code()
+        match tokio::time::timeout(Duration::from_secs(120), self.child.wait()).await {
+            Ok(status) => status.unwrap().code(),
+            Err(_) => {
+                let log = std::fs::read_to_string(pgdata.join("walcast-postgres.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                panic!(
+                    "walcast up did not exit after SIGINT; PostgreSQL log ends with:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
     }
 }
 
@@ -157,7 +165,7 @@ async fn up_from_an_empty_directory_serves_the_demo_and_stops_cleanly() {
     drop(ws);
     drop(printed);
 
-    assert_eq!(up.interrupt().await, Some(0));
+    assert_eq!(up.interrupt(&pgdata).await, Some(0));
     assert!(
         !pgdata.join("postmaster.pid").exists(),
         "the embedded PostgreSQL is still running"
@@ -183,6 +191,6 @@ async fn up_from_an_empty_directory_serves_the_demo_and_stops_cleanly() {
             .any(|t| t["id"] == id.as_str()),
         "{listed}"
     );
-    assert_eq!(up.interrupt().await, Some(0));
+    assert_eq!(up.interrupt(&pgdata).await, Some(0));
     assert!(!pgdata.join("postmaster.pid").exists());
 }
