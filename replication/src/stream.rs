@@ -223,11 +223,19 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) -> Result<(), ReplicationError> {
+    async fn run(mut self, stop: oneshot::Receiver<()>) -> Result<(), ReplicationError> {
+        let result = self.stream(stop).await;
+        if let Err(e) = &result {
+            warn!(error = %e, "replication stream failed");
+        }
+        result
+    }
+
+    async fn stream(&mut self, mut stop: oneshot::Receiver<()>) -> Result<(), ReplicationError> {
         let mut ticker =
             tokio::time::interval_at(Instant::now() + self.status_interval, self.status_interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let result = loop {
+        loop {
             // Decode everything already buffered before touching the socket again.
             let mut ended = false;
             while self.pending.is_none() && !self.consumer_gone {
@@ -240,7 +248,7 @@ impl Reader {
                 }
             }
             if ended {
-                break Err(ReplicationError::Closed);
+                return Err(ReplicationError::Closed);
             }
             if self.consumer_gone {
                 debug!("consumer dropped the stream");
@@ -267,19 +275,11 @@ impl Reader {
             };
             match event {
                 Event::Stop => return self.shutdown().await,
-                Event::Tick => {
-                    if let Err(e) = self.send_status(false).await {
-                        break Err(e);
-                    }
-                }
+                Event::Tick => self.send_status(false).await?,
                 Event::Progress => {}
-                Event::Failed(e) => break Err(e),
+                Event::Failed(e) => return Err(e),
             }
-        };
-        if let Err(e) = &result {
-            warn!(error = %e, "replication stream failed");
         }
-        result
     }
 
     async fn on_frame(&mut self, frame: Frame) -> Result<Flow, ReplicationError> {
@@ -373,7 +373,7 @@ impl Reader {
     }
 
     /// Final status update, CopyDone, wait for the server's end of copy, Terminate.
-    async fn shutdown(mut self) -> Result<(), ReplicationError> {
+    async fn shutdown(&mut self) -> Result<(), ReplicationError> {
         self.send_status(false).await?;
         frontend::copy_done(&mut self.conn.write_buf);
         self.conn.flush().await?;

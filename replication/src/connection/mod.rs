@@ -81,6 +81,9 @@ impl Connection {
             ("application_name", app),
             ("client_encoding", "UTF8"),
         ];
+        if let Some(options) = config.get_options() {
+            params.push(("options", options));
+        }
         if replication {
             params.push(("replication", "database"));
         }
@@ -256,7 +259,7 @@ impl Connection {
     }
 
     /// Sends Terminate and closes the socket; errors are irrelevant at this point.
-    pub(crate) async fn terminate(mut self) {
+    pub(crate) async fn terminate(&mut self) {
         frontend::terminate(&mut self.write_buf);
         let _ = self.flush().await;
         let _ = self.socket.shutdown().await;
