@@ -10,8 +10,10 @@ fn main() -> Result<()> {
     let args = cli::Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
+            // PostgreSQL NOTICEs ("already exists, skipping") are logged by tokio_postgres at
+            // info; they say nothing to an operator and break `up`'s progress lines.
             tracing_subscriber::EnvFilter::try_from_env("WALCAST_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
