@@ -171,6 +171,20 @@ fn shows_chat(text: &str) -> String {
     )
 }
 
+fn todo_item(title: &str) -> String {
+    format!(
+        "[...document.querySelectorAll('#todo-list li[data-id]')].find(li => li.querySelector('.title').textContent === {})",
+        js(title)
+    )
+}
+
+/// Runs statements in the page (a block, so `const` stays local).
+async fn page_action(page: &Page, statements: &str) {
+    if let Err(e) = page.eval(&format!("{{ {statements}; }} true")).await {
+        panic!("{statements}: {e}\n{}", page.diagnostics().await);
+    }
+}
+
 async fn todo_titles(page: &Page) -> Vec<String> {
     let titles = page
         .eval("[...document.querySelectorAll('#todo-list li[data-id] .title')].map(t => t.textContent)")
@@ -188,13 +202,15 @@ async fn wait_all(pages: &[(&str, &Page)], predicate: &str, what: &str) {
 }
 
 async fn send_chat(page: &Page, text: &str) {
-    page.eval(&format!(
-        "document.getElementById('chat-text').value = {}; \
-         document.getElementById('chat-send').click(); true",
-        js(text)
-    ))
-    .await
-    .unwrap();
+    page_action(
+        page,
+        &format!(
+            "document.getElementById('chat-text').value = {}; \
+             document.getElementById('chat-send').click()",
+            js(text)
+        ),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,6 +251,61 @@ async fn demo_pages_follow_sql_and_chat_across_a_gateway_restart() {
     )
     .await;
     assert_eq!(todo_titles(&carol).await, ["for account B"]);
+
+    // The page's own controls (the demo's HTTP endpoint) go through the WAL like SQL does.
+    page_action(
+        &bob,
+        "document.getElementById('todo-title').value = 'added by Bob'; \
+         document.getElementById('todo-add').click()",
+    )
+    .await;
+    wait_all(&account_a, &shows_todo("added by Bob"), "Bob's new todo").await;
+    page_action(
+        &alice,
+        &format!(
+            "{}.querySelector('input.toggle').click()",
+            todo_item("added by Bob")
+        ),
+    )
+    .await;
+    wait_all(
+        &[("bob", &bob)],
+        &format!("{}.classList.contains('done')", todo_item("added by Bob")),
+        "the todo ticked by Alice",
+    )
+    .await;
+    page_action(
+        &alice,
+        &format!(
+            "const li = {}; \
+             li.querySelector('.title').dispatchEvent(new MouseEvent('dblclick', {{bubbles: true}})); \
+             const input = li.querySelector('input.edit'); \
+             input.value = 'edited by Alice'; \
+             input.dispatchEvent(new KeyboardEvent('keydown', {{key: 'Enter', bubbles: true}}))",
+            todo_item("added by Bob")
+        ),
+    )
+    .await;
+    wait_all(
+        &account_a,
+        &shows_todo("edited by Alice"),
+        "the edited title",
+    )
+    .await;
+    page_action(
+        &bob,
+        &format!(
+            "{}.querySelector('button.delete').click()",
+            todo_item("edited by Alice")
+        ),
+    )
+    .await;
+    wait_all(
+        &account_a,
+        &format!("!{}", shows_todo("edited by Alice")),
+        "the todo deleted by Bob gone",
+    )
+    .await;
 
     // A chat message reaches every page of the app.
     send_chat(&alice, "hello from Alice").await;
