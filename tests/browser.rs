@@ -403,7 +403,7 @@ async fn demo_pages_follow_sql_and_chat_across_a_gateway_restart() {
         assert!(errors.is_empty(), "{who}: {errors:?}");
     }
 
-    drop(browser);
+    browser.close().await;
     gateway.shutdown().await;
     cluster.stop().await.expect("stop PostgreSQL");
 }

@@ -155,14 +155,20 @@ impl Cdp {
     }
 }
 
-/// A headless Chromium with its own throwaway profile; killed and removed on drop.
+/// A headless Chromium with its own throwaway profile. `close()` ends it cleanly; dropping it
+/// kills its whole process group. Either way the profile directory is removed.
 pub struct Browser {
     cdp: Arc<Cdp>,
-    child: Child,
+    process: Chromium,
     reader: tokio::task::JoinHandle<()>,
     stderr: Arc<Mutex<Vec<String>>>,
-    // Dropped after the child is killed (fields drop in order, Drop::drop runs first).
-    _profile: tempfile::TempDir,
+}
+
+/// The Chromium process group and its profile directory, cleaned up on drop.
+struct Chromium {
+    child: Child,
+    /// Removed once no Chromium process can write there any more.
+    profile: PathBuf,
 }
 
 /// `$WALCAST_CHROMIUM`, else the first of `chromium`, `chromium-browser` on PATH.
@@ -181,14 +187,14 @@ pub fn find_chromium() -> Result<PathBuf, BrowserError> {
 impl Browser {
     pub async fn launch() -> Result<Browser, BrowserError> {
         let binary = find_chromium()?;
-        let profile = tempfile::Builder::new()
+        let profile_dir = tempfile::Builder::new()
             .prefix("walcast-chromium-")
             .tempdir()
             .map_err(|source| BrowserError::Spawn {
                 binary: binary.clone(),
                 source,
             })?;
-        let mut child = Command::new(&binary)
+        let child = Command::new(&binary)
             .args([
                 "--headless=new",
                 // Required when running as root (CI containers); the pages are our own.
@@ -209,24 +215,32 @@ impl Browser {
                 "--window-size=1280,900",
                 "--remote-debugging-port=0",
             ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("--user-data-dir={}", profile_dir.path().display()))
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
+            // Its own group: renderers, GPU and network processes die with it (see Drop).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| BrowserError::Spawn {
                 binary: binary.clone(),
                 source,
             })?;
+        let mut process = Chromium {
+            child,
+            profile: profile_dir.keep(),
+        };
 
         // Chromium announces its browser WebSocket on stderr; keep draining stderr afterwards so
         // that it never blocks on a full pipe.
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = BufReader::new(child.stderr.take().ok_or(BrowserError::NoDevTools {
-            stderr: String::new(),
-        })?)
+        let mut lines = BufReader::new(process.child.stderr.take().ok_or(
+            BrowserError::NoDevTools {
+                stderr: String::new(),
+            },
+        )?)
         .lines();
         let find = async {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -243,7 +257,6 @@ impl Browser {
         let url = match tokio::time::timeout(COMMAND_TIMEOUT, find).await {
             Ok(Some(url)) => url,
             _ => {
-                let _ = child.start_kill();
                 return Err(BrowserError::NoDevTools {
                     stderr: stderr.lock().unwrap().join("\n"),
                 });
@@ -284,10 +297,9 @@ impl Browser {
         });
         Ok(Browser {
             cdp,
-            child,
+            process,
             reader,
             stderr,
-            _profile: profile,
         })
     }
 
@@ -324,6 +336,12 @@ impl Browser {
         Ok(page)
     }
 
+    /// Asks Chromium to quit and waits (bounded) until it has; `Drop` then removes the profile.
+    pub async fn close(mut self) {
+        let _ = self.cdp.call(None, "Browser.close", json!({})).await;
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.process.child.wait()).await;
+    }
+
     /// Chromium's last stderr lines (diagnostics).
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().join("\n")
@@ -333,14 +351,34 @@ impl Browser {
 impl Drop for Browser {
     fn drop(&mut self) {
         self.reader.abort();
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        // The browser process alone dying leaves its children writing to the profile for a
+        // moment, so the whole group goes.
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.start_kill();
-        // Reap it before the profile directory is removed (Chromium writes there until it dies).
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::time::Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        for _ in 0..50 {
+            match std::fs::remove_dir_all(&self.profile) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
         }
     }
 }
