@@ -27,9 +27,11 @@
 //! - [`gateway`]: wiring and ordered shutdown.
 //! - [`config`]: `serve` settings (flags over env over TOML file).
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`bench`]: `walcast bench`, end-to-end load generation against a gateway (or a reference server).
 //! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
 
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod event;

@@ -1,0 +1,193 @@
+//! Custom-channel fanout: N subscribers on one channel, one publisher sending `chan_in`.
+
+use super::client::{FrameReader, WsConn, OP_CLOSE};
+use super::latency::{now_us, stamp, Recorder};
+use super::subscriber::{self, message, Shared, Spec};
+use super::target::Target;
+use super::{base_report, fill_server, measure, over_window, tenants, BenchError, Load, Options};
+use crate::bench::report::Latency;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+const CHANNEL: &str = "bench";
+/// Messages written per wake-up at most (one write).
+const BURST: u64 = 64;
+
+pub async fn run(options: &Options, target: &Target) -> Result<super::Report, BenchError> {
+    // A walcast target needs a real user; a reference server accepts any token.
+    let jwt: Arc<str> = match &target.database_url {
+        Some(url) => {
+            let client = tenants::connect(url).await?;
+            let users = tenants::create(&client, 1, &options.jwt_secret).await?;
+            users[0].jwt.as_str().into()
+        }
+        None => "bench".into(),
+    };
+    let shared = Arc::new(Shared {
+        delivered: AtomicU64::new(0),
+        recorder: Arc::new(Recorder::default()),
+        stop: CancellationToken::new(),
+        setup: Semaphore::new(options.setup_concurrency.max(1)),
+    });
+    let path: Arc<str> = target.path.as_str().into();
+    let channel: Arc<str> = CHANNEL.into();
+    let specs = (0..options.connections)
+        .map(|id| Spec {
+            id,
+            server: target.addr,
+            path: Arc::clone(&path),
+            source: subscriber::source_for(target.addr, id, options.source_addrs),
+            jwt: Arc::clone(&jwt),
+            channel: Arc::clone(&channel),
+        })
+        .collect();
+    let (handles, joined, first_error) = subscriber::start_all(specs, &shared).await;
+
+    let publisher = Spec {
+        id: options.connections,
+        server: target.addr,
+        path,
+        source: subscriber::source_for(target.addr, options.connections, options.source_addrs),
+        jwt,
+        channel,
+    };
+    let mut conn = WsConn::connect(publisher.server, publisher.source, &publisher.path).await?;
+    let sid = conn.expect("init").await?.data;
+    conn.send_text(&message(&sid, "auth", &publisher.jwt, "", ""))
+        .await?;
+    let token = conn.expect("token").await?.data;
+
+    let load = Arc::new(Load::default());
+    let stop_sending = CancellationToken::new();
+    let (read, write, buf) = conn.into_split();
+    let acks = tokio::spawn(read_acks(FrameReader::new(read, buf), shared.stop.clone()));
+    let sender = tokio::spawn(publish(
+        write,
+        sid,
+        token,
+        options.clone(),
+        joined as u64,
+        Arc::clone(&load),
+        Arc::clone(&shared),
+        stop_sending.clone(),
+    ));
+    let window = measure(
+        options,
+        target,
+        &load,
+        &shared.delivered,
+        &stop_sending,
+        vec![sender],
+    )
+    .await;
+    shared.stop.cancel();
+    let totals = subscriber::collect(handles).await;
+    let _ = acks.await;
+
+    let mut report = base_report(options, target);
+    report.connections = joined;
+    report.connect_failures = options.connections - joined;
+    report.first_connect_error = first_error.map(|e| e.to_string());
+    report.send_seconds = window.send_secs;
+    report.measured_seconds = window.measured_secs;
+    report.sent = load.sent.load(Ordering::Relaxed);
+    report.sent_per_sec = report.sent as f64 / window.send_secs;
+    report.expected_deliveries = load.expected.load(Ordering::Relaxed);
+    report.deliveries = totals.delivered;
+    report.deliveries_per_sec = totals.delivered as f64 / window.measured_secs;
+    report.latency = Latency::from_histogram(&shared.recorder.merged());
+    report.missed = totals.missed;
+    report.undelivered = report.expected_deliveries.saturating_sub(totals.delivered);
+    report.slow_consumer_closes = totals.slow_consumer_closes;
+    report.lost_connections = totals.lost;
+    fill_server(&mut report, &window);
+    Ok(report)
+}
+
+/// The publisher's replies (`ok` per message) must be read or they would back up into its
+/// outbox; they are otherwise ignored.
+async fn read_acks(mut reader: FrameReader, stop: CancellationToken) {
+    loop {
+        let filled = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            filled = reader.fill() => filled,
+        };
+        if !matches!(filled, Ok(n) if n > 0) {
+            return;
+        }
+        let mut closed = false;
+        if reader
+            .drain(|opcode, _| closed |= opcode == OP_CLOSE)
+            .is_err()
+            || closed
+        {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn publish(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    sid: String,
+    token: String,
+    options: Options,
+    subscribers: u64,
+    load: Arc<Load>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let window_deliveries = options.window.saturating_mul(subscribers).max(1);
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut data = String::with_capacity(options.payload_bytes + 32);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seq = 0u64;
+    while !stop.is_cancelled() {
+        let due = match options.rate {
+            Some(rate) => {
+                tick.tick().await;
+                let target = (start.elapsed().as_secs_f64() * rate as f64) as u64;
+                target.saturating_sub(seq)
+            }
+            None => {
+                if over_window(&load, &shared.delivered, window_deliveries) {
+                    tokio::time::sleep(Duration::from_micros(500)).await;
+                    continue;
+                }
+                let outstanding = load
+                    .expected
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(shared.delivered.load(Ordering::Relaxed));
+                ((window_deliveries - outstanding) / subscribers.max(1)).clamp(1, BURST)
+            }
+        };
+        if due == 0 {
+            continue;
+        }
+        out.clear();
+        let sent_at = now_us();
+        for _ in 0..due {
+            data.clear();
+            stamp(&mut data, sent_at, seq, options.payload_bytes);
+            super::client::put_frame(
+                &mut out,
+                super::client::OP_TEXT,
+                &message(&sid, "chan_in", &data, CHANNEL, &token),
+            );
+            seq += 1;
+        }
+        load.sent.fetch_add(due, Ordering::Relaxed);
+        load.expected
+            .fetch_add(due * subscribers, Ordering::Relaxed);
+        if write.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
