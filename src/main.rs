@@ -5,6 +5,7 @@ mod cli;
 
 use anyhow::Result;
 use clap::Parser;
+use std::io::IsTerminal;
 
 fn main() -> Result<()> {
     let args = cli::Cli::parse();
@@ -16,6 +17,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
