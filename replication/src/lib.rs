@@ -5,6 +5,30 @@
 //! commit order. The consumer confirms each transaction's `end_lsn` through a [`Confirmer`];
 //! only confirmed positions are reported to PostgreSQL as flushed.
 //!
+//! ```no_run
+//! # async fn example() -> Result<(), walcast_replication::ReplicationError> {
+//! use walcast_replication::{Change, ReplicationConfig, ReplicationStream};
+//!
+//! let mut stream = ReplicationStream::start(ReplicationConfig {
+//!     conninfo: "postgres://walcast:secret@db.internal:5432/app".into(),
+//!     ..ReplicationConfig::default()
+//! })
+//! .await?;
+//! let confirmer = stream.confirmer();
+//! while let Some(tx) = stream.recv().await {
+//!     let tx = tx?;
+//!     for change in &tx.changes {
+//!         if let Change::Insert { relation, new } = change {
+//!             let id = new.by_name(relation, "id").and_then(|v| v.as_str());
+//!             println!("{}.{} insert id={id:?}", relation.schema, relation.name);
+//!         }
+//!     }
+//!     // Only once the transaction is safely handed on: PostgreSQL may then drop its WAL.
+//!     confirmer.confirm(tx.end_lsn);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! Modules:
 //! - [`lsn`] — the [`Lsn`] WAL position type (`X/Y` text form).
 //! - [`config`] — [`ReplicationConfig`], [`PublicationScope`].

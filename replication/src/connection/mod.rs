@@ -91,8 +91,20 @@ impl Connection {
             user: &user,
             password: config.get_password(),
         };
-        conn.authenticate(&params, &creds).await?;
-        conn.await_ready().await?;
+        // A server that accepts the socket but never answers must not hang startup forever.
+        let handshake = async {
+            conn.authenticate(&params, &creds).await?;
+            conn.await_ready().await
+        };
+        match tokio::time::timeout(connect_timeout(config), handshake).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(ReplicationError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no reply to startup within the connect timeout",
+                )))
+            }
+        }
         Ok(conn)
     }
 
@@ -264,6 +276,14 @@ impl Connection {
         let _ = self.flush().await;
         let _ = self.socket.shutdown().await;
     }
+}
+
+/// `connect_timeout` of the connection string, 30 s when unset.
+fn connect_timeout(config: &tokio_postgres::Config) -> Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(30))
 }
 
 async fn open_socket(config: &tokio_postgres::Config) -> Result<Socket, ReplicationError> {
