@@ -116,6 +116,8 @@ pub struct Cluster {
     run_as: Option<String>,
     /// Owns the temporary directory; dropped after the server is stopped.
     temp: Option<tempfile::TempDir>,
+    /// Socket directory when the data directory's path is too long for a socket path.
+    socket_temp: Option<tempfile::TempDir>,
     running: bool,
     /// Stops the server if this process dies without running `Drop` (SIGKILL, `process::exit`,
     /// a cluster kept in a never-dropped static).
@@ -161,12 +163,33 @@ impl Cluster {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(io_err(format!("creating {}", dir.display())))?;
+                // Absolute: the server resolves relative paths against its data directory,
+                // not against our working directory.
+                let dir = std::fs::canonicalize(dir)
+                    .map_err(io_err(format!("resolving {}", dir.display())))?;
                 if let Some((uid, gid)) = owner {
-                    chown(dir, uid, gid)?;
+                    chown(&dir, uid, gid)?;
                 }
                 let log = dir.join("walcast-postgres.log");
                 (None, dir.clone(), dir.clone(), log)
             }
+        };
+        // Unix socket paths are limited to 107 bytes; a deep data directory gets its socket in
+        // a short temporary directory instead.
+        let mut socket_temp = None;
+        let socket_dir = if socket_dir.as_os_str().len() + ".s.PGSQL.65535".len() + 1 > 100 {
+            let t = tempfile::Builder::new()
+                .prefix("walcast-sock-")
+                .tempdir_in(std::env::temp_dir())
+                .map_err(io_err("creating the socket directory"))?;
+            if let Some((uid, gid)) = owner {
+                chown(t.path(), uid, gid)?;
+            }
+            let path = t.path().to_path_buf();
+            socket_temp = Some(t);
+            path
+        } else {
+            socket_dir
         };
         let mut cluster = Cluster {
             bin_dir,
@@ -177,6 +200,7 @@ impl Cluster {
             superuser: opts.superuser.clone(),
             run_as: owner.map(|_| "postgres".to_owned()),
             temp,
+            socket_temp,
             running: false,
             watchdog: None,
         };

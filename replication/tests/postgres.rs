@@ -670,3 +670,52 @@ fn cluster_is_stopped_when_the_process_dies_without_drop() {
     }
     panic!("server on port {port} ({data_dir}) outlived its process");
 }
+
+#[tokio::test]
+async fn persistent_data_dir_is_reused_and_deep_paths_work() {
+    let base = tempfile::Builder::new()
+        .prefix("walcast-persist-")
+        .tempdir()
+        .unwrap();
+    // Deep enough that the socket cannot live in the data directory (107-byte limit).
+    let data_dir = base
+        .path()
+        .join("a".repeat(60))
+        .join("b".repeat(40))
+        .join("pgdata");
+    let opts = ClusterOptions {
+        data_dir: Some(data_dir.clone()),
+        ..ClusterOptions::default()
+    };
+    let cluster = walcast_replication::cluster::Cluster::start(opts.clone())
+        .await
+        .unwrap();
+    assert_ne!(cluster.socket_dir(), data_dir.as_path());
+    let client = cluster.client("postgres").await.unwrap();
+    client
+        .batch_execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (42)")
+        .await
+        .unwrap();
+    drop(client);
+    cluster.stop().await.unwrap();
+    assert!(
+        data_dir.join("PG_VERSION").exists(),
+        "persistent data survives stop"
+    );
+
+    let cluster = walcast_replication::cluster::Cluster::start(opts)
+        .await
+        .unwrap();
+    let client = cluster.client("postgres").await.unwrap();
+    let n: i32 = client
+        .query_one("SELECT id FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 42);
+    drop(cluster);
+    assert!(
+        data_dir.join("PG_VERSION").exists(),
+        "drop stops but never deletes persistent data"
+    );
+}
