@@ -116,8 +116,8 @@ pub struct Cluster {
     run_as: Option<String>,
     /// Owns the temporary directory; dropped after the server is stopped.
     temp: Option<tempfile::TempDir>,
-    /// Socket directory when the data directory's path is too long for a socket path.
-    socket_temp: Option<tempfile::TempDir>,
+    /// Held for its Drop: the socket directory when the data directory path is too long.
+    _socket_temp: Option<tempfile::TempDir>,
     running: bool,
     /// Stops the server if this process dies without running `Drop` (SIGKILL, `process::exit`,
     /// a cluster kept in a never-dropped static).
@@ -200,7 +200,7 @@ impl Cluster {
             superuser: opts.superuser.clone(),
             run_as: owner.map(|_| "postgres".to_owned()),
             temp,
-            socket_temp,
+            _socket_temp: socket_temp,
             running: false,
             watchdog: None,
         };
