@@ -329,6 +329,9 @@ impl Reader {
                 let _ = self.conn.flush().await;
                 return Ok(Flow::ServerEnded);
             }
+            // A walsender that finishes on server shutdown ends with CommandComplete, without
+            // CopyDone.
+            Message::CommandComplete(_) => return Ok(Flow::ServerEnded),
             Message::ErrorResponse(body) => return Err(server_error(&body)),
             Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
             _ => {

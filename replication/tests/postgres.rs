@@ -719,3 +719,28 @@ async fn persistent_data_dir_is_reused_and_deep_paths_work() {
         "drop stops but never deletes persistent data"
     );
 }
+
+#[tokio::test]
+async fn server_shutdown_surfaces_as_one_error_then_end_of_stream() {
+    let db = Db::start().await;
+    let mut stream = ReplicationStream::start(db.config()).await.unwrap();
+    let Db {
+        cluster, client, ..
+    } = db;
+    drop(client);
+    cluster.stop().await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), stream.recv())
+        .await
+        .expect("stream noticed the shutdown");
+    assert!(
+        matches!(
+            first,
+            Some(Err(
+                ReplicationError::Closed | ReplicationError::Server { .. }
+            ))
+        ),
+        "{first:?}"
+    );
+    assert!(stream.recv().await.is_none());
+    assert!(stream.stop().await.is_ok(), "error already reported");
+}
