@@ -6,6 +6,16 @@ use serde_json::json;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Kills the child on drop, so a failing test leaves no gateway behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -35,25 +45,30 @@ async fn sigterm_closes_sockets_confirms_and_exits_zero() {
     env.create_repo(&app, "tasks_760_").await;
 
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_walcast"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--slot",
-            "walcast_proc",
-        ])
-        .env("DATABASE_URL", &env.url)
-        .env("JWT_SECRET", SECRET)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn walcast serve");
+    let mut child = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_walcast"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--slot",
+                "walcast_proc",
+            ])
+            .env("DATABASE_URL", &env.url)
+            .env("JWT_SECRET", SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn walcast serve"),
+    );
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http_status(addr, "/readyz").await != Some(200) {
         assert!(Instant::now() < deadline, "gateway never became ready");
-        assert!(child.try_wait().unwrap().is_none(), "gateway exited early");
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "gateway exited early"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_status(addr, "/healthz").await, Some(200));
@@ -73,7 +88,7 @@ async fn sigterm_closes_sockets_confirms_and_exits_zero() {
     assert_eq!(delivered["type"], "db_created");
     let commit_lsn = delivered["lsn"].as_str().unwrap().to_owned();
 
-    let pid = child.id().to_string();
+    let pid = child.0.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -82,7 +97,7 @@ async fn sigterm_closes_sockets_confirms_and_exits_zero() {
     assert_eq!(ws.closed().await, 1001);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
+        if let Some(status) = child.0.try_wait().unwrap() {
             break status;
         }
         assert!(
