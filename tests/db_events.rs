@@ -129,14 +129,8 @@ async fn owner_everyone_default_root_and_pub_levels() {
             json!({"n": 1}),
         )
         .await;
-    assert_eq!(
-        event(&a1.recv().await, "db_created", ch)["id"],
-        private.to_string()
-    );
-    assert_eq!(
-        event(&r.recv().await, "db_created", ch)["id"],
-        private.to_string()
-    );
+    a1.expect_id("db_created", ch, private, "").await;
+    r.expect_id("db_created", ch, private, "").await;
     let mine = env
         .insert(
             &t.app,
@@ -146,15 +140,9 @@ async fn owner_everyone_default_root_and_pub_levels() {
             json!({"n": 2}),
         )
         .await;
-    assert_eq!(
-        event(&a2.recv().await, "db_created", ch)["id"],
-        mine.to_string(),
-        "A2 never saw A1's note"
-    );
-    assert_eq!(
-        event(&r.recv().await, "db_created", ch)["id"],
-        mine.to_string()
-    );
+    a2.expect_id("db_created", ch, mine, "A2 never saw A1's note")
+        .await;
+    r.expect_id("db_created", ch, mine, "").await;
     // Owner id right but account wrong: not the owner's row.
     let odd = env
         .insert(
@@ -165,10 +153,7 @@ async fn owner_everyone_default_root_and_pub_levels() {
             json!({"n": 3}),
         )
         .await;
-    assert_eq!(
-        event(&r.recv().await, "db_created", ch)["id"],
-        odd.to_string()
-    );
+    r.expect_id("db_created", ch, odd, "").await;
     let sentinel = env
         .insert(
             &t.app,
@@ -178,10 +163,7 @@ async fn owner_everyone_default_root_and_pub_levels() {
             json!({"n": 4}),
         )
         .await;
-    assert_eq!(
-        event(&a1.recv().await, "db_created", ch)["id"],
-        sentinel.to_string()
-    );
+    a1.expect_id("db_created", ch, sentinel, "").await;
 
     // Everyone level (_744_): every user of the app.
     let ch = "db-wall_744_";
@@ -195,10 +177,7 @@ async fn owner_everyone_default_root_and_pub_levels() {
             json!({"post": "hi"}),
         )
         .await;
-    assert_eq!(
-        event(&c.recv().await, "db_created", ch)["id"],
-        id.to_string()
-    );
+    c.expect_id("db_created", ch, id, "").await;
 
     // No suffix = 740: account level.
     let ch = "db-plain";
@@ -207,17 +186,11 @@ async fn owner_everyone_default_root_and_pub_levels() {
     let id = env
         .insert(&t.app, "plain", Some(t.a), Some(t.a1.id), json!({"x": 1}))
         .await;
-    assert_eq!(
-        event(&a2.recv().await, "db_created", ch)["id"],
-        id.to_string()
-    );
+    a2.expect_id("db_created", ch, id, "").await;
     let cid = env
         .insert(&t.app, "plain", Some(t.b), None, json!({"x": 2}))
         .await;
-    assert_eq!(
-        event(&c.recv().await, "db_created", ch)["id"],
-        cid.to_string()
-    );
+    c.expect_id("db_created", ch, cid, "").await;
 
     // pub_ repos: everyone, whatever the digits.
     let ch = "db-pub_news_700_";
@@ -231,10 +204,7 @@ async fn owner_everyone_default_root_and_pub_levels() {
             json!({"headline": "x"}),
         )
         .await;
-    assert_eq!(
-        event(&c.recv().await, "db_created", ch)["id"],
-        id.to_string()
-    );
+    c.expect_id("db_created", ch, id, "").await;
     env.sql(&format!("DELETE FROM acme.pub_news_700_ WHERE id = '{id}'"))
         .await;
     assert_eq!(
@@ -290,11 +260,13 @@ async fn moving_a_row_between_accounts() {
     let sentinel = env
         .insert(&t.app, "tasks_760_", Some(t.a), None, json!({"t": 3}))
         .await;
-    assert_eq!(
-        event(&a1.recv().await, "db_created", ch)["id"],
-        sentinel.to_string(),
-        "A saw neither the update nor the delete in B"
-    );
+    a1.expect_id(
+        "db_created",
+        ch,
+        sentinel,
+        "A saw neither the update nor the delete in B",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -317,10 +289,7 @@ async fn repo_created_after_start_with_nullable_columns() {
             json!({"v": 1}),
         )
         .await;
-    assert_eq!(
-        event(&a1.recv().await, "db_created", ch)["id"],
-        id.to_string()
-    );
+    a1.expect_id("db_created", ch, id, "").await;
     env.sql(&format!("DELETE FROM acme.late_760_ WHERE id = '{id}'"))
         .await;
     assert_eq!(
@@ -334,10 +303,7 @@ async fn repo_created_after_start_with_nullable_columns() {
     let id = env
         .insert(&t.app, "late_760_", Some(t.a), None, json!({"v": 3}))
         .await;
-    assert_eq!(
-        event(&a1.recv().await, "db_created", ch)["id"],
-        id.to_string()
-    );
+    a1.expect_id("db_created", ch, id, "").await;
 }
 
 #[tokio::test]

@@ -265,6 +265,14 @@ impl Ws {
         assert_eq!(reply["data"], channel);
     }
 
+    /// Asserts the next message is a `kind` event on `channel` for document `id`; returns the
+    /// document.
+    pub async fn expect_id(&mut self, kind: &str, channel: &str, id: Uuid, why: &str) -> Value {
+        let doc = event(&self.recv().await, kind, channel);
+        assert_eq!(doc["id"], id.to_string(), "{why}");
+        doc
+    }
+
     /// Waits for the server to close; returns the close code.
     pub async fn closed(&mut self) -> u16 {
         loop {
