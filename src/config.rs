@@ -67,6 +67,9 @@ pub struct ServeArgs {
     /// Burst of inbound messages allowed above the rate [default: 200]
     #[arg(long, env = "WALCAST_RATE_BURST")]
     pub rate_burst: Option<u32>,
+    /// Channels one connection may be in at once [default: 1024]
+    #[arg(long, env = "WALCAST_MAX_CHANNELS_PER_CONNECTION")]
+    pub max_channels_per_connection: Option<usize>,
     /// Seconds between server pings [default: 30]
     #[arg(long, env = "WALCAST_PING_INTERVAL")]
     pub ping_interval_secs: Option<u64>,
@@ -101,7 +104,7 @@ impl ServeArgs {
     pub fn or(mut self, file: ServeArgs) -> ServeArgs {
         merge_fields!(self, file; database_url, listen, jwt_secret, slot, publication,
             max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
-            rate_limit, rate_burst, ping_interval_secs, idle_timeout_secs);
+            rate_limit, rate_burst, max_channels_per_connection, ping_interval_secs, idle_timeout_secs);
         self
     }
 
@@ -138,6 +141,9 @@ impl ServeArgs {
                     .unwrap_or(defaults.max_outbound_bytes),
                 rate_per_sec: self.rate_limit.unwrap_or(defaults.rate_per_sec),
                 rate_burst: self.rate_burst.unwrap_or(defaults.rate_burst),
+                max_channels: self
+                    .max_channels_per_connection
+                    .unwrap_or(defaults.max_channels),
                 ping_interval: self
                     .ping_interval_secs
                     .map(Duration::from_secs)

@@ -280,6 +280,24 @@ async fn oversize_and_binary_frames_close_the_connection() {
 }
 
 #[tokio::test]
+async fn channel_limit_per_connection() {
+    let env = TestEnv::start_with(|s| s.ws.max_channels = 3).await;
+    let app = env.create_app("acme").await;
+    let account = env.create_account(&app).await;
+    let user = env.create_user(&app, account, 0).await;
+    let mut ws = env.ws_as(&user).await;
+    for channel in ["a", "b", "db-c"] {
+        ws.join(channel).await;
+    }
+    ws.join("a").await; // already a member: not a new channel
+    let refused = ws.request("join", "d", "").await;
+    assert_eq!(refused["type"], "error");
+    assert_eq!(refused["data"], "channel limit reached");
+    assert_eq!(ws.request("leave", "b", "").await["type"], "left");
+    ws.join("d").await;
+}
+
+#[tokio::test]
 async fn rate_limit_refuses_excess_messages() {
     let env = TestEnv::start_with(|s| {
         s.ws.rate_per_sec = 1;

@@ -24,6 +24,8 @@ pub struct WsConfig {
     /// Inbound messages per second per connection (0 = unlimited) and the burst allowed.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// Channels one connection may be in at once.
+    pub max_channels: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
 }
@@ -35,6 +37,7 @@ impl Default for WsConfig {
             max_outbound_bytes: 4 * 1024 * 1024,
             rate_per_sec: 100,
             rate_burst: 200,
+            max_channels: 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
         }

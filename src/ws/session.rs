@@ -194,6 +194,10 @@ impl Session {
             self.error(refused.message());
             return;
         }
+        if !self.joined.contains(channel) && self.joined.len() >= self.ctx.config.max_channels {
+            self.error("channel limit reached");
+            return;
+        }
         self.ctx.hub.join(&subscriber, channel);
         self.joined.insert(channel.to_owned());
         let recovered = msg.since.as_ref().map(|_| false);
