@@ -2,6 +2,7 @@
 
 mod support;
 
+mod bench;
 mod browser;
 mod cli;
 mod db_events;

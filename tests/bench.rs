@@ -1,0 +1,49 @@
+//! `walcast bench` at toy size: it starts its own PostgreSQL and a gateway child process, and its
+//! JSON report accounts for every delivery.
+
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_walcast");
+
+#[tokio::test]
+async fn channel_scenario_reports_json() {
+    let run = Command::new(BIN)
+        .args(["bench", "--scenario", "channel", "--connections", "10"])
+        .args([
+            "--rate",
+            "100",
+            "--duration",
+            "1",
+            "--drain",
+            "60",
+            "--json",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("JWT_SECRET")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    // Bounded (initdb on a loaded machine is slow), never a timing assertion.
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("walcast bench finished")
+        .expect("walcast bench ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["scenario"], "channel");
+    assert_eq!(report["connections"], 10);
+    let sent = report["sent"].as_u64().unwrap();
+    assert!(sent > 0);
+    assert_eq!(report["expected_deliveries"].as_u64().unwrap(), sent * 10);
+    assert_eq!(report["deliveries"], report["expected_deliveries"]);
+    assert_eq!(report["missed"], 0);
+    assert_eq!(report["slow_consumer_closes"], 0);
+    assert!(report["server"]["pid"].as_u64().is_some());
+}
