@@ -43,6 +43,8 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
+    /// Signalled once when closing is first requested, for the connection's reader.
+    closed: Notify,
     limit: usize,
 }
 
@@ -51,6 +53,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            closed: Notify::new(),
             limit: limit_bytes,
         }
     }
@@ -79,6 +82,9 @@ impl Outbox {
             }
         };
         self.wake.notify_one();
+        if outcome == Push::Overflow {
+            self.closed.notify_waiters();
+        }
         outcome
     }
 
@@ -97,17 +103,37 @@ impl Outbox {
     /// Asks the writer to send a close frame after what is already queued (a clean close) —
     /// except for a slow consumer, whose queue is dropped.
     pub fn close(&self, closing: Closing) {
-        {
+        let first = {
             let mut state = self.lock();
-            if state.closing.is_none() {
+            let first = state.closing.is_none();
+            if first {
                 state.closing = Some(closing);
             }
-        }
+            first
+        };
         self.wake.notify_one();
+        if first {
+            self.closed.notify_waiters();
+        }
     }
 
     pub fn is_closing(&self) -> bool {
         self.lock().closing.is_some()
+    }
+
+    /// Resolves once closing has been requested (by anyone, for any reason). No polling: a
+    /// timer per connection would wake every idle connection several times a second.
+    pub async fn closing(&self) {
+        loop {
+            let notified = self.closed.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a close between the check and the await is seen.
+            notified.as_mut().enable();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Waits until frames are queued or the connection is closing; moves all queued frames into
@@ -166,6 +192,20 @@ mod tests {
             outbox.next_batch(&mut batch).await,
             Some(Closing::GOING_AWAY)
         );
+    }
+
+    #[tokio::test]
+    async fn closing_wakes_a_waiting_reader() {
+        let outbox = std::sync::Arc::new(Outbox::new(4));
+        let reader = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.closing().await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(outbox.push(Bytes::from_static(b"12345")), Push::Overflow);
+        reader.await.unwrap();
+        // Already closing: returns at once.
+        outbox.closing().await;
     }
 
     #[tokio::test]

@@ -153,7 +153,7 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     let closing = tokio::select! {
         closing = reading => closing,
         // The writer ends first on slow consumer, idle timeout, shutdown or a dead socket.
-        _ = outbox_closed(&outbox) => None,
+        _ = outbox.closing() => None,
     };
     if let Some(closing) = closing {
         outbox.close(closing);
@@ -168,16 +168,6 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     let _ = writer.await;
     ctx.telemetry.connection_closed();
     tracing::debug!("disconnected");
-}
-
-async fn outbox_closed(outbox: &Outbox) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-    loop {
-        tick.tick().await;
-        if outbox.is_closing() {
-            return;
-        }
-    }
 }
 
 /// Last inbound traffic, as milliseconds since the connection started.
