@@ -26,7 +26,7 @@ struct Setup {
 
 fn setup(channel: &str) -> Setup {
     let app: Arc<str> = "bench".into();
-    let hub = Hub::new();
+    let hub = Hub::default();
     let accounts: Vec<Uuid> = (0..ACCOUNTS)
         .map(|i| Uuid::from_u128(i as u128 + 1))
         .collect();
@@ -43,7 +43,9 @@ fn setup(channel: &str) -> Setup {
             }),
             outbox: Arc::clone(&outbox),
         });
-        hub.join(&subscriber, channel);
+        hub.join(&subscriber, channel, None, |_| {
+            Bytes::from_static(b"joined")
+        });
         outboxes.push(outbox);
     }
     Setup {
@@ -89,18 +91,18 @@ fn db_fanout(c: &mut Criterion) {
             },
         })
         .collect();
-    let tx = CommittedEvents {
+    let tx = Arc::new(CommittedEvents {
         commit_lsn: Lsn(0x016B_3748),
         end_lsn: Lsn(0x016B_3780),
         commit_time: SystemTime::now(),
         events,
-    };
+    });
     let mut batch = Vec::new();
     let mut group = c.benchmark_group("fanout");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     group.bench_function("db_10k_subscribers_1k_accounts", |b| {
         b.iter(|| {
-            let stats = s.hub.dispatch(black_box(&tx));
+            let stats = s.hub.dispatch(black_box(Arc::clone(&tx)), false);
             assert_eq!(stats.delivered, SUBSCRIBERS);
             drain(&s.outboxes, &mut batch)
         })

@@ -1,6 +1,7 @@
 //! `walcast serve` settings: command-line flags over environment variables over an optional
 //! TOML file over defaults.
 
+use crate::hub::WindowConfig;
 use crate::ws::WsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -70,6 +71,12 @@ pub struct ServeArgs {
     /// Channels one connection may be in at once [default: 1024]
     #[arg(long, env = "WALCAST_MAX_CHANNELS_PER_CONNECTION")]
     pub max_channels_per_connection: Option<usize>,
+    /// Seconds of history kept for `join` with `since`, 0 = no resume [default: 300]
+    #[arg(long, env = "WALCAST_RESUME_WINDOW_SECS")]
+    pub resume_window_secs: Option<u64>,
+    /// Bytes of history kept for resume [default: 67108864]
+    #[arg(long, env = "WALCAST_RESUME_WINDOW_BYTES")]
+    pub resume_window_bytes: Option<usize>,
     /// Seconds between server pings [default: 30]
     #[arg(long, env = "WALCAST_PING_INTERVAL")]
     pub ping_interval_secs: Option<u64>,
@@ -89,6 +96,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_connections_per_app: usize,
     pub ws: WsConfig,
+    pub resume_window: WindowConfig,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
 }
@@ -104,7 +112,7 @@ impl ServeArgs {
     pub fn or(mut self, file: ServeArgs) -> ServeArgs {
         merge_fields!(self, file; database_url, listen, jwt_secret, slot, publication,
             max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
-            rate_limit, rate_burst, max_channels_per_connection, ping_interval_secs, idle_timeout_secs);
+            rate_limit, rate_burst, max_channels_per_connection, resume_window_secs, resume_window_bytes, ping_interval_secs, idle_timeout_secs);
         self
     }
 
@@ -152,6 +160,15 @@ impl ServeArgs {
                     .idle_timeout_secs
                     .map(Duration::from_secs)
                     .unwrap_or(defaults.idle_timeout),
+            },
+            resume_window: WindowConfig {
+                max_age: self
+                    .resume_window_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(WindowConfig::default().max_age),
+                max_bytes: self
+                    .resume_window_bytes
+                    .unwrap_or(WindowConfig::default().max_bytes),
             },
             demo: false,
         })

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,10 @@ impl Gateway {
 
         let root = CancellationToken::new();
         let telemetry = Telemetry::new();
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(settings.resume_window, stream.start_lsn()));
+        // Transactions up to the server's WAL position at start were committed before this
+        // process ran: replayed into the resume window, delivered only to resuming members.
+        let recovery_end = stream.identity().xlogpos;
         let auth = Arc::new(Authenticator::new(
             settings.jwt_secret.as_bytes(),
             Arc::clone(&db),
@@ -112,6 +115,7 @@ impl Gateway {
         let dispatcher = tokio::spawn(
             dispatch_loop(
                 stream,
+                recovery_end,
                 settings.clone(),
                 Arc::clone(&hub),
                 telemetry.clone(),
@@ -218,6 +222,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: Cancell
 /// last dispatched transaction (never re-sending one).
 async fn dispatch_loop(
     mut stream: ReplicationStream,
+    recovery_end: Lsn,
     settings: Settings,
     hub: Arc<Hub>,
     telemetry: Telemetry,
@@ -230,9 +235,7 @@ async fn dispatch_loop(
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         let confirmer: Confirmer = stream.confirmer();
-        if last_dispatched > Lsn::ZERO {
-            confirmer.confirm(last_dispatched);
-        }
+        confirmer.confirm(hub.expire_history(Instant::now()));
         let progress = stream.progress();
         let mut last_commit: Option<SystemTime> = None;
         let failed = loop {
@@ -242,6 +245,7 @@ async fn dispatch_loop(
                 _ = ticker.tick() => {
                     report(&telemetry, &hub, &progress, last_commit);
                     record_assembler(&telemetry, &mut assembler);
+                    confirmer.confirm(hub.expire_history(Instant::now()));
                     continue;
                 }
                 next = stream.recv() => next,
@@ -257,19 +261,19 @@ async fn dispatch_loop(
                 }
                 None => break true,
             };
+            // Already dispatched (and held for resume) before the stream reconnected.
             if tx.end_lsn <= last_dispatched {
-                confirmer.confirm(tx.end_lsn);
                 continue;
             }
-            let events = assembler.assemble(&tx);
-            let stats = hub.dispatch(&events);
+            let events = Arc::new(assembler.assemble(&tx));
+            let stats = hub.dispatch(events, tx.end_lsn <= recovery_end);
             telemetry.transaction_in(stats.events);
             telemetry.delivered(stats.delivered);
             telemetry.drop_reason("slow_consumer", stats.slow_consumers);
             telemetry.drop_reason("fail_closed", stats.fail_closed);
             last_dispatched = tx.end_lsn;
             last_commit = Some(tx.commit_time);
-            confirmer.confirm(tx.end_lsn);
+            confirmer.confirm(stats.confirmable);
             backoff = Duration::from_millis(200);
         };
         record_assembler(&telemetry, &mut assembler);

@@ -18,7 +18,8 @@
 //! - [`protocol`]: client message parsing, server envelopes, WebSocket frame bytes.
 //! - [`event`]: transactions → document events (StaticBackend document JSON).
 //! - [`permission`]: read levels and who may read a row.
-//! - [`hub`]: channel membership, custom-channel publish, db event dispatch, outboxes.
+//! - [`hub`]: channel membership, custom-channel publish, db event dispatch, outboxes, the resume
+//!   window (recent transactions replayed to `join` with `since`).
 //! - [`ws`]: socket reader/writer tasks, the protocol session, limits.
 //! - [`auth`]: session JWT verification against the app's `sb_tokens`.
 //! - [`db`]: the gateway's ordinary PostgreSQL connection.

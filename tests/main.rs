@@ -9,4 +9,5 @@ mod db_events;
 mod http;
 mod lifecycle;
 mod protocol;
+mod resume;
 mod tail;

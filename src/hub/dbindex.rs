@@ -3,6 +3,7 @@ use crate::permission::{read_level, ReadLevel, RowAccess};
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
+use walcast_replication::Lsn;
 
 type Bucket = HashMap<ConnId, Arc<Subscriber>>;
 
@@ -17,6 +18,10 @@ pub struct DbChannel {
     roots: Bucket,
     by_account: HashMap<Uuid, Bucket>,
     by_user: HashMap<Uuid, Bucket>,
+    /// Members that joined with `since`: the only ones that receive transactions committed
+    /// before the gateway started (they asked for what they missed; everyone else loaded their
+    /// data after those commits).
+    resumers: HashMap<ConnId, Lsn>,
 }
 
 impl DbChannel {
@@ -27,10 +32,15 @@ impl DbChannel {
             roots: Bucket::new(),
             by_account: HashMap::new(),
             by_user: HashMap::new(),
+            resumers: Default::default(),
         }
     }
 
-    pub fn insert(&mut self, sub: Arc<Subscriber>) {
+    /// `since`: the member resumes after this commit LSN.
+    pub fn insert(&mut self, sub: Arc<Subscriber>, since: Option<Lsn>) {
+        if let Some(since) = since {
+            self.resumers.insert(sub.conn, since);
+        }
         if self.all.contains_key(&sub.conn) {
             return;
         }
@@ -55,6 +65,7 @@ impl DbChannel {
         let Some(sub) = self.all.remove(&conn) else {
             return false;
         };
+        self.resumers.remove(&conn);
         if self.roots.remove(&conn).is_some() {
             return true;
         }
@@ -71,6 +82,16 @@ impl DbChannel {
         }
         take(&mut self.by_user, sub.reader.user_id, conn);
         true
+    }
+
+    /// Whether a transaction committed at `commit` goes to this member at all: a resuming
+    /// member never gets what it saw before `since` (the replay may still be catching up
+    /// after a restart); transactions of that catch-up (`recovery`) go to resuming members only.
+    pub fn admits(&self, conn: ConnId, commit: Lsn, recovery: bool) -> bool {
+        match self.resumers.get(&conn) {
+            Some(since) => commit > *since,
+            None => !recovery,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,10 +1,11 @@
 use super::dbindex::DbChannel;
 use super::{read, Delivery, Hub, Subscriber};
 use crate::event::{CommittedEvents, DocumentChange, DocumentEvent};
-use crate::permission::{may_read, RowAccess};
+use crate::permission::{may_read, ReadLevel, Reader, RowAccess};
 use crate::protocol::{encode, frame, Envelope};
 use bytes::Bytes;
 use std::sync::Arc;
+use walcast_replication::Lsn;
 
 /// Outcome of dispatching one transaction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +16,8 @@ pub struct DispatchStats {
     /// Events some subscribers could not be judged for (no old row in the WAL): sent only to
     /// readers that need no row information, never guessed.
     pub fail_closed: usize,
+    /// What the replication slot may now be confirmed up to (the resume window's start).
+    pub confirmable: Lsn,
 }
 
 const CREATED: &str = "db_created";
@@ -80,9 +83,51 @@ fn send(delivery: &mut Delivery, sub: &Arc<Subscriber>, frame: Bytes) {
     delivery.record(sub.outbox.push(frame));
 }
 
+/// The one rule of PROTOCOL.md §4 for one reader and one change: which event, if any, the reader
+/// gets. Live dispatch applies it to the candidates the index yields; resume replay to one
+/// subscriber.
+fn decide(level: ReadLevel, reader: &Reader, change: &DocumentChange) -> Option<&'static str> {
+    let reads = |row: &RowAccess| may_read(level, reader, row);
+    match change {
+        DocumentChange::Created { row, .. } => reads(row).then_some(CREATED),
+        DocumentChange::Updated {
+            row,
+            previous: Some(old),
+            ..
+        } if old != row => match (reads(old), reads(row)) {
+            (true, true) => Some(UPDATED),
+            (true, false) => Some(DELETED),
+            (false, true) => Some(CREATED),
+            (false, false) => None,
+        },
+        // Without the old row, readers of only the old version cannot be found: they get
+        // nothing rather than a guess (fail closed).
+        DocumentChange::Updated { row, .. } => reads(row).then_some(UPDATED),
+        DocumentChange::Deleted {
+            previous: Some(old),
+        } => reads(old).then_some(DELETED),
+        DocumentChange::Deleted { previous: None } => {
+            (reader.is_root() || level == ReadLevel::Everyone).then_some(DELETED)
+        }
+    }
+}
+
+/// Whether some readers could not be judged for this change (no old row in the WAL).
+fn fails_closed(level: ReadLevel, change: &DocumentChange) -> bool {
+    match change {
+        DocumentChange::Updated { previous, .. } => {
+            previous.is_none() && level != ReadLevel::Everyone
+        }
+        DocumentChange::Deleted { previous } => previous.is_none() && level != ReadLevel::Everyone,
+        DocumentChange::Created { .. } => false,
+    }
+}
+
 impl Hub {
-    /// Pushes every event of one committed transaction to the subscribers allowed to read it.
-    pub fn dispatch(&self, tx: &CommittedEvents) -> DispatchStats {
+    /// Pushes every event of one committed transaction to the subscribers allowed to read it,
+    /// then keeps it for resume. `recovery`: the transaction was committed before the gateway
+    /// started, so only members that asked to resume get it.
+    pub fn dispatch(&self, tx: Arc<CommittedEvents>, recovery: bool) -> DispatchStats {
         let mut stats = DispatchStats {
             events: tx.events.len(),
             ..DispatchStats::default()
@@ -101,89 +146,77 @@ impl Hub {
             else {
                 continue;
             };
-            let mut frames = Frames::new(event, &channel_name, &lsn);
-            if !deliver(index, event, &mut frames, &mut delivery) {
+            if fails_closed(index.level, &event.change) {
                 stats.fail_closed += 1;
             }
+            let mut frames = Frames::new(event, &channel_name, &lsn);
+            for sub in candidates(index, &event.change) {
+                if !index.admits(sub.conn, tx.commit_lsn, recovery) {
+                    continue;
+                }
+                if let Some(kind) = decide(index.level, &sub.reader, &event.change) {
+                    send(&mut delivery, sub, frames.get(kind));
+                }
+            }
         }
+        let mut history = super::lock(&self.history);
+        history.push(tx, std::time::Instant::now());
+        stats.confirmable = history.confirmable();
+        drop(history);
+        drop(db);
         stats.delivered = delivery.delivered;
         stats.slow_consumers = delivery.slow_consumers;
         stats
     }
 }
 
-/// Returns false when some readers could not be judged (fail closed).
-fn deliver(
-    index: &DbChannel,
-    event: &DocumentEvent,
-    frames: &mut Frames<'_>,
-    out: &mut Delivery,
-) -> bool {
+/// Everyone who might get an event for this change, each once: the readers of the old row
+/// version and, for a move, the readers of the new one who could not read the old.
+fn candidates<'a>(
+    index: &'a DbChannel,
+    change: &'a DocumentChange,
+) -> Box<dyn Iterator<Item = &'a Arc<Subscriber>> + 'a> {
     let level = index.level;
-    match &event.change {
-        DocumentChange::Created { row, .. } => {
-            for sub in index.readers(row) {
-                send(out, sub, frames.get(CREATED));
-            }
-            true
-        }
-        DocumentChange::Updated { row, previous, .. } => match previous {
-            Some(old) if old != row => {
-                moved(index, old, row, frames, out);
-                true
-            }
-            Some(_) => {
-                for sub in index.readers(row) {
-                    send(out, sub, frames.get(UPDATED));
-                }
-                true
-            }
-            None => {
-                // The new row's readers are known and may read it; whoever could read only the
-                // old version cannot be found, so they get nothing rather than a guess.
-                for sub in index.readers(row) {
-                    send(out, sub, frames.get(UPDATED));
-                }
-                false
-            }
-        },
-        DocumentChange::Deleted { previous } => match previous {
-            Some(old) => {
-                for sub in index.readers(old) {
-                    send(out, sub, frames.get(DELETED));
-                }
-                true
-            }
-            None => {
-                for sub in index.unconditional_readers() {
-                    send(out, sub, frames.get(DELETED));
-                }
-                level == crate::permission::ReadLevel::Everyone
-            }
-        },
+    match change {
+        DocumentChange::Created { row, .. } => index.readers(row),
+        DocumentChange::Updated {
+            row,
+            previous: Some(old),
+            ..
+        } if old != row => Box::new(
+            index.readers(old).chain(
+                index
+                    .readers(row)
+                    .filter(move |s| !may_read(level, &s.reader, old)),
+            ),
+        ),
+        DocumentChange::Updated { row, .. } => index.readers(row),
+        DocumentChange::Deleted {
+            previous: Some(old),
+        } => index.readers(old),
+        DocumentChange::Deleted { previous: None } => index.unconditional_readers(),
     }
 }
 
-/// An update that changed who may read the row: old-only readers see it leave, new-only readers
-/// see it arrive, readers of both see an update.
-fn moved(
-    index: &DbChannel,
-    old: &RowAccess,
-    new: &RowAccess,
-    frames: &mut Frames<'_>,
-    out: &mut Delivery,
+/// Pushes to one subscriber every held event of `channel` it may read, in commit order.
+pub(super) fn replay<'a>(
+    sub: &Subscriber,
+    level: ReadLevel,
+    channel: &str,
+    held: impl Iterator<Item = &'a CommittedEvents>,
 ) {
-    let level = index.level;
-    for sub in index.readers(old) {
-        if may_read(level, &sub.reader, new) {
-            send(out, sub, frames.get(UPDATED));
-        } else {
-            send(out, sub, frames.get(DELETED));
-        }
-    }
-    for sub in index.readers(new) {
-        if !may_read(level, &sub.reader, old) {
-            send(out, sub, frames.get(CREATED));
+    let Some(repo) = crate::protocol::db_repo(channel) else {
+        return;
+    };
+    for tx in held {
+        let lsn = tx.commit_lsn.to_string();
+        for event in &tx.events {
+            if *event.repo != *repo || *event.app != *sub.reader.app {
+                continue;
+            }
+            if let Some(kind) = decide(level, &sub.reader, &event.change) {
+                sub.outbox.push(Frames::new(event, channel, &lsn).get(kind));
+            }
         }
     }
 }

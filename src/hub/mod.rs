@@ -3,21 +3,27 @@
 //! each connection's bounded [`Outbox`].
 //!
 //! Invariants: every channel is scoped by app; a connection is in a channel at most once; one
-//! transaction's frames are pushed under one read lock of the db index, so no join/leave and no
-//! other transaction interleaves with it, and per-subscriber order is commit order.
+//! transaction's frames are pushed, and the transaction added to the resume history, under one
+//! read lock of the db index, so no join/leave and no other transaction interleaves with it, and
+//! per-subscriber order is commit order. A join's reply and its resume replay are pushed under
+//! the write lock, before any live event can reach the new member.
 
 mod dbindex;
 mod dispatch;
+mod history;
 mod outbox;
 
 pub use dispatch::DispatchStats;
+pub use history::WindowConfig;
 pub use outbox::{Closing, Outbox, Push};
 
 use crate::permission::{AppName, Reader};
 use bytes::Bytes;
 use dbindex::DbChannel;
+use history::History;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use walcast_replication::Lsn;
 
 pub type ConnId = u64;
 
@@ -31,10 +37,26 @@ pub struct Subscriber {
 
 type Members = HashMap<ConnId, Arc<Outbox>>;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Hub {
     custom: RwLock<HashMap<AppName, HashMap<Box<str>, Members>>>,
     db: RwLock<HashMap<AppName, HashMap<Box<str>, DbChannel>>>,
+    history: Mutex<History>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(WindowConfig::DISABLED, Lsn::ZERO)
+    }
+}
+
+/// How a `join` went, for its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    /// No `since` was asked for.
+    Live,
+    /// `since` was asked for: whether everything after it was replayed.
+    Resumed { recovered: bool },
 }
 
 /// What a publish reached, for metrics.
@@ -63,26 +85,63 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Hub {
-    pub fn new() -> Self {
-        Self::default()
+    /// `start`: where the replication stream starts (the resume window begins there).
+    pub fn new(window: WindowConfig, start: Lsn) -> Self {
+        Hub {
+            custom: RwLock::default(),
+            db: RwLock::default(),
+            history: Mutex::new(History::new(window, start)),
+        }
     }
 
     /// Idempotent: joining twice keeps one membership. `db-<repo>` channels go to the
-    /// permission index, everything else is a custom channel.
-    pub fn join(&self, subscriber: &Arc<Subscriber>, channel: &str) {
+    /// permission index, everything else is a custom channel. `reply` builds the `joined`
+    /// frame, pushed before any event of the channel; with `since` on a db channel, every held
+    /// event after it that the subscriber may read follows the reply, then live events.
+    pub fn join(
+        &self,
+        subscriber: &Arc<Subscriber>,
+        channel: &str,
+        since: Option<Lsn>,
+        reply: impl FnOnce(Joined) -> Bytes,
+    ) {
         let app = &subscriber.reader.app;
         match crate::protocol::db_repo(channel) {
             Some(repo) => {
                 let mut db = write(&self.db);
-                db.entry(Arc::clone(app))
+                let index = db
+                    .entry(Arc::clone(app))
                     .or_default()
                     .entry(channel.into())
-                    .or_insert_with(|| DbChannel::new(repo))
-                    .insert(Arc::clone(subscriber));
+                    .or_insert_with(|| DbChannel::new(repo));
+                match since {
+                    None => {
+                        subscriber.outbox.push(reply(Joined::Live));
+                    }
+                    Some(since) => {
+                        let history = lock(&self.history);
+                        let held = history.after(since);
+                        let recovered = held.is_some();
+                        subscriber.outbox.push(reply(Joined::Resumed { recovered }));
+                        if let Some(held) = held {
+                            dispatch::replay(subscriber, index.level, channel, held);
+                        }
+                    }
+                }
+                index.insert(Arc::clone(subscriber), since);
             }
             None => {
                 let mut custom = write(&self.custom);
+                let joined = match since {
+                    None => Joined::Live,
+                    Some(_) => Joined::Resumed { recovered: false },
+                };
+                subscriber.outbox.push(reply(joined));
                 custom
                     .entry(Arc::clone(app))
                     .or_default()
@@ -91,6 +150,13 @@ impl Hub {
                     .insert(subscriber.conn, Arc::clone(&subscriber.outbox));
             }
         }
+    }
+
+    /// Drops history past the window; returns what the replication slot may be confirmed to.
+    pub fn expire_history(&self, now: std::time::Instant) -> Lsn {
+        let mut history = lock(&self.history);
+        history.expire(now);
+        history.confirmable()
     }
 
     /// Returns whether the connection was a member. Empty channels are dropped so that

@@ -1,11 +1,12 @@
 use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
 use crate::auth::AuthError;
-use crate::hub::{ConnId, Outbox, Subscriber};
+use crate::hub::{ConnId, Joined, Outbox, Subscriber};
 use crate::protocol::{self, encode, frame, ClientMessage, Envelope, ParseError};
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
+use walcast_replication::Lsn;
 
 /// What the reader loop must do after a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -198,16 +199,27 @@ impl Session {
             self.error("channel limit reached");
             return;
         }
-        self.ctx.hub.join(&subscriber, channel);
-        self.joined.insert(channel.to_owned());
-        let recovered = msg.since.as_ref().map(|_| false);
-        self.push(&Envelope {
-            sid: &self.sid,
-            kind: "joined",
-            data: channel,
-            recovered,
-            ..Envelope::default()
+        // An unreadable `since` cannot be honoured: 0/0 is never recoverable, so the client
+        // is told to reload.
+        let since = msg
+            .since
+            .as_deref()
+            .map(|s| s.parse::<Lsn>().unwrap_or(Lsn::ZERO));
+        let sid = &self.sid;
+        self.ctx.hub.join(&subscriber, channel, since, |joined| {
+            let recovered = match joined {
+                Joined::Live => None,
+                Joined::Resumed { recovered } => Some(recovered),
+            };
+            frame::text(&encode(&Envelope {
+                sid,
+                kind: "joined",
+                data: channel,
+                recovered,
+                ..Envelope::default()
+            }))
         });
+        self.joined.insert(channel.to_owned());
     }
 
     fn leave(&mut self, msg: &ClientMessage) {
