@@ -220,3 +220,124 @@ pub(super) fn replay<'a>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{Hub, Outbox};
+    use futures_util::FutureExt;
+    use std::time::SystemTime;
+    use uuid::Uuid;
+
+    /// Three accounts × three users, one root, on a repo of each read level: the index-driven
+    /// dispatch must reach exactly the subscribers `decide` picks by brute force.
+    #[test]
+    fn index_candidates_match_brute_force() {
+        let account = |i: u128| Some(Uuid::from_u128(i));
+        let user = |i: u128| Uuid::from_u128(100 + i);
+        let rows = [
+            RowAccess {
+                account_id: account(1),
+                owner_id: Some(user(1)),
+            },
+            RowAccess {
+                account_id: account(1),
+                owner_id: Some(user(5)),
+            },
+            RowAccess {
+                account_id: account(2),
+                owner_id: Some(user(4)),
+            },
+            RowAccess {
+                account_id: None,
+                owner_id: None,
+            },
+            RowAccess {
+                account_id: account(3),
+                owner_id: None,
+            },
+        ];
+        let mut changes = Vec::new();
+        for row in rows {
+            changes.push(DocumentChange::Created {
+                row,
+                document: "{}".into(),
+            });
+            changes.push(DocumentChange::Deleted {
+                previous: Some(row),
+            });
+            changes.push(DocumentChange::Updated {
+                row,
+                previous: None,
+                document: "{}".into(),
+            });
+            for old in rows {
+                changes.push(DocumentChange::Updated {
+                    row,
+                    previous: Some(old),
+                    document: "{}".into(),
+                });
+            }
+        }
+        changes.push(DocumentChange::Deleted { previous: None });
+
+        for repo in ["r_700_", "r_760_", "r_744_", "pub_r"] {
+            let hub = Hub::default();
+            let mut subs = Vec::new();
+            for i in 0..10u128 {
+                let reader = Reader {
+                    app: "app".into(),
+                    user_id: user(i),
+                    account_id: account(i / 3 + 1),
+                    role: if i == 9 { 100 } else { 0 },
+                };
+                let sub = Arc::new(Subscriber {
+                    conn: i as u64,
+                    reader: Arc::new(reader),
+                    outbox: Arc::new(Outbox::new(1 << 20)),
+                });
+                hub.join(&sub, &format!("db-{repo}"), None, |_| {
+                    Bytes::from_static(b"j")
+                });
+                let mut batch = Vec::new();
+                let _ = sub.outbox.next_batch(&mut batch).now_or_never();
+                subs.push(sub);
+            }
+            let level = crate::permission::read_level(repo);
+            for change in &changes {
+                let tx = Arc::new(CommittedEvents {
+                    commit_lsn: Lsn(1),
+                    end_lsn: Lsn(2),
+                    commit_time: SystemTime::UNIX_EPOCH,
+                    events: vec![DocumentEvent {
+                        app: "app".into(),
+                        repo: repo.into(),
+                        id: "i".into(),
+                        change: change.clone(),
+                    }],
+                });
+                hub.dispatch(tx, false);
+                for sub in &subs {
+                    let mut batch = Vec::new();
+                    let _ = sub.outbox.next_batch(&mut batch).now_or_never();
+                    let got: Vec<String> = batch
+                        .iter()
+                        .map(|f| {
+                            let text = String::from_utf8_lossy(f);
+                            ["db_created", "db_updated", "db_deleted"]
+                                .into_iter()
+                                .find(|k| text.contains(k))
+                                .unwrap_or("?")
+                                .to_owned()
+                        })
+                        .collect();
+                    let want: Vec<String> = decide(level, &sub.reader, change)
+                        .map(str::to_owned)
+                        .into_iter()
+                        .collect();
+                    assert_eq!(got, want, "{repo} {change:?} conn {}", sub.conn);
+                }
+            }
+        }
+    }
+}
