@@ -88,6 +88,9 @@ impl DbChannel {
     /// member never gets what it saw before `since` (the replay may still be catching up
     /// after a restart); transactions of that catch-up (`recovery`) go to resuming members only.
     pub fn admits(&self, conn: ConnId, commit: Lsn, recovery: bool) -> bool {
+        if self.resumers.is_empty() {
+            return !recovery;
+        }
         match self.resumers.get(&conn) {
             Some(since) => commit > *since,
             None => !recovery,
