@@ -80,6 +80,11 @@ pub enum ClusterError {
          its bin directory, or pass --database-url to use an existing server"
     )]
     MissingBinaries { searched: Vec<PathBuf> },
+    #[error(
+        "the server runs as the `postgres` user, which cannot enter {blocked} to reach {data_dir}; \
+         choose a data directory under one every user may traverse (e.g. /var/tmp)"
+    )]
+    Unreachable { data_dir: PathBuf, blocked: PathBuf },
     #[error("running as root, but there is no `postgres` user to run the server as")]
     NoPostgresUser,
     #[error("{context}")]
@@ -168,6 +173,7 @@ impl Cluster {
                 let dir = std::fs::canonicalize(dir)
                     .map_err(io_err(format!("resolving {}", dir.display())))?;
                 if let Some((uid, gid)) = owner {
+                    reachable_by_others(&dir)?;
                     chown(&dir, uid, gid)?;
                 }
                 let log = dir.join("walcast-postgres.log");
@@ -576,6 +582,25 @@ async fn postgres_owner() -> Result<(u32, u32), ClusterError> {
         (Some(uid), Some(gid)) => Ok((uid, gid)),
         _ => Err(ClusterError::NoPostgresUser),
     }
+}
+
+/// As root the server runs as `postgres`: every directory above `dir` must let others traverse
+/// it, or initdb fails with a bare "Permission denied".
+fn reachable_by_others(dir: &Path) -> Result<(), ClusterError> {
+    use std::os::unix::fs::PermissionsExt;
+    for ancestor in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(ancestor)
+            .map_err(io_err(format!("reading {}", ancestor.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o001 == 0 {
+            return Err(ClusterError::Unreachable {
+                data_dir: dir.to_owned(),
+                blocked: ancestor.to_owned(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ClusterError> {

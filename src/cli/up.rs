@@ -41,6 +41,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 ..ClusterOptions::default()
             })
             .await
+            .inspect_err(|_| eprintln!("failed"))
             .context("starting the embedded PostgreSQL")?;
             eprintln!("ready on port {}", started.port());
             let url = started.url("postgres");
