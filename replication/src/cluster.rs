@@ -607,3 +607,26 @@ fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ClusterError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .map_err(io_err(format!("chown {} to postgres", path.display())))
 }
+
+#[cfg(test)]
+mod reachability_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_private_ancestor_is_named() {
+        let base = tempfile::tempdir().unwrap();
+        let private = base.path().join("private");
+        let data = private.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        match reachable_by_others(&data) {
+            Err(ClusterError::Unreachable { blocked, .. }) => assert_eq!(blocked, private),
+            other => panic!("expected Unreachable, got {other:?}"),
+        }
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        // Above the temp dir, the system's directories are traversable.
+        assert!(reachable_by_others(&data).is_ok());
+    }
+}
