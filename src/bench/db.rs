@@ -1,16 +1,14 @@
 //! Permission-filtered db fanout: N subscribers over M accounts on an account-readable repo;
 //! writer connections insert rows whose `data` carries the send time and a per-account sequence.
 
-use super::latency::{now_us, stamp, Recorder};
+use super::latency::{now_us, stamp};
 use super::subscriber::{self, Shared, Spec};
 use super::target::Target;
 use super::tenants::{self, BenchUser};
-use super::{base_report, fill_server, measure, over_window, BenchError, Load, Options};
-use crate::bench::report::Latency;
-use std::sync::atomic::{AtomicU64, Ordering};
+use super::{base_report, fill_deliveries, measure, over_window, BenchError, Load, Options};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -24,12 +22,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     let users = tenants::create(&setup_client, accounts, &options.jwt_secret).await?;
     drop(setup_client);
 
-    let shared = Arc::new(Shared {
-        delivered: AtomicU64::new(0),
-        recorder: Arc::new(Recorder::default()),
-        stop: CancellationToken::new(),
-        setup: Semaphore::new(options.setup_concurrency.max(1)),
-    });
+    let shared = Shared::new(options.setup_concurrency);
     let path: Arc<str> = target.path.as_str().into();
     let channel: Arc<str> = format!("db-{}", tenants::REPO).into();
     let jwts: Vec<Arc<str>> = users.iter().map(|u| u.jwt.as_str().into()).collect();
@@ -138,19 +131,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     report.connections = joined;
     report.connect_failures = options.connections - joined;
     report.first_connect_error = first_error.map(|e| e.to_string());
-    report.send_seconds = window.send_secs;
-    report.measured_seconds = window.measured_secs;
-    report.sent = load.sent.load(Ordering::Relaxed);
-    report.sent_per_sec = report.sent as f64 / window.send_secs;
-    report.expected_deliveries = load.expected.load(Ordering::Relaxed);
-    report.deliveries = totals.delivered;
-    report.deliveries_per_sec = totals.delivered as f64 / window.measured_secs;
-    report.latency = Latency::from_histogram(&shared.recorder.merged());
-    report.missed = totals.missed;
-    report.undelivered = report.expected_deliveries.saturating_sub(totals.delivered);
-    report.slow_consumer_closes = totals.slow_consumer_closes;
-    report.lost_connections = totals.lost;
-    fill_server(&mut report, &window);
+    fill_deliveries(&mut report, &load, &totals, &shared, &window);
     Ok(report)
 }
 

@@ -1,13 +1,9 @@
 //! Idle connections: the server's resident memory growth per authenticated, joined connection.
 
-use super::latency::Recorder;
 use super::subscriber::{self, Shared, Spec};
 use super::target::Target;
 use super::{base_report, process, tenants, BenchError, Options};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 pub async fn run(options: &Options, target: &Target) -> Result<super::Report, BenchError> {
     let accounts = options.accounts.max(1);
@@ -22,12 +18,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
         }
         None => (vec!["bench".into()], "bench".into()),
     };
-    let shared = Arc::new(Shared {
-        delivered: AtomicU64::new(0),
-        recorder: Arc::new(Recorder::default()),
-        stop: CancellationToken::new(),
-        setup: Semaphore::new(options.setup_concurrency.max(1)),
-    });
+    let shared = Shared::new(options.setup_concurrency);
     // Warm the server's allocator and lazily built state with one connection first, so the
     // growth measured is per connection, not one-time.
     let path: Arc<str> = target.path.as_str().into();

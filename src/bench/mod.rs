@@ -257,6 +257,29 @@ async fn measure(
     }
 }
 
+/// The delivery figures both sending scenarios report, and the server's.
+fn fill_deliveries(
+    report: &mut Report,
+    load: &Load,
+    totals: &subscriber::Totals,
+    shared: &subscriber::Shared,
+    window: &Window,
+) {
+    report.send_seconds = window.send_secs;
+    report.measured_seconds = window.measured_secs;
+    report.sent = load.sent.load(Ordering::Relaxed);
+    report.sent_per_sec = report.sent as f64 / window.send_secs;
+    report.expected_deliveries = load.expected.load(Ordering::Relaxed);
+    report.deliveries = totals.delivered;
+    report.deliveries_per_sec = totals.delivered as f64 / window.measured_secs;
+    report.latency = Latency::from_histogram(&shared.recorder.merged());
+    report.missed = totals.missed;
+    report.undelivered = report.expected_deliveries.saturating_sub(totals.delivered);
+    report.slow_consumer_closes = totals.slow_consumer_closes;
+    report.lost_connections = totals.lost;
+    fill_server(report, window);
+}
+
 fn fill_server(report: &mut Report, window: &Window) {
     if let Some((before, after)) = &window.own_cpu {
         report.load_generator.cpu_percent = Some(process::cpu_percent(before, after));

@@ -25,6 +25,17 @@ pub struct Shared {
     pub setup: Semaphore,
 }
 
+impl Shared {
+    pub fn new(setup_concurrency: usize) -> Arc<Shared> {
+        Arc::new(Shared {
+            delivered: AtomicU64::new(0),
+            recorder: Arc::new(Recorder::default()),
+            stop: CancellationToken::new(),
+            setup: Semaphore::new(setup_concurrency.max(1)),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub id: usize,
