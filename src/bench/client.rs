@@ -151,13 +151,7 @@ impl WsConn {
 
     /// Reads more bytes; `Ok(0)` is end of stream. Cancel-safe.
     pub async fn fill(&mut self) -> Result<usize, BenchError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        self.stream
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(BenchError::Io)
+        fill(&mut self.stream, &mut self.buf).await
     }
 
     /// Hands every complete frame in the buffer to `each` (opcode, payload) and drops them.
@@ -237,6 +231,18 @@ impl WsConn {
 }
 
 /// Splits the read side of a connection off for a separate reader task.
+/// Reads more bytes into `buf`, growing it by a chunk when nearly full. Cancel-safe
+/// (`read_buf` either read or did nothing).
+async fn fill(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut BytesMut,
+) -> Result<usize, BenchError> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    read.read_buf(buf).await.map_err(BenchError::Io)
+}
+
 pub struct FrameReader {
     read: tokio::net::tcp::OwnedReadHalf,
     buf: BytesMut,
@@ -248,13 +254,7 @@ impl FrameReader {
     }
 
     pub async fn fill(&mut self) -> Result<usize, BenchError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
-        self.read
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(BenchError::Io)
+        fill(&mut self.read, &mut self.buf).await
     }
 
     /// Like [`WsConn::drain`], without answering pings (the write half belongs to another task).
