@@ -69,48 +69,70 @@ impl Authenticator {
         let (user, secret) = claims.token.split_once('|').ok_or(AuthError::Invalid)?;
         let user_id = Uuid::parse_str(user).map_err(|_| AuthError::Invalid)?;
         let client = self.db.client().await?;
-        let apps: Vec<String> = match app_key {
-            Some(key) => {
-                let key = Uuid::parse_str(key).map_err(|_| AuthError::Invalid)?;
-                let rows = client
-                    .query("SELECT name FROM sb.apps WHERE id = $1", &[&key])
-                    .await
-                    .map_err(DbError::from)?;
-                rows.iter().map(|r| r.get(0)).collect()
-            }
-            None => {
-                let rows = client
-                    .query("SELECT name FROM sb.apps ORDER BY name", &[])
-                    .await
-                    .map_err(DbError::from)?;
-                rows.iter().map(|r| r.get(0)).collect()
-            }
+        let app_id = match app_key {
+            Some(key) => Some(Uuid::parse_str(key).map_err(|_| AuthError::Invalid)?),
+            None => None,
         };
-        for app in apps {
-            let sql = format!(
-                "SELECT account_id, role, token FROM {}.sb_tokens WHERE id = $1",
-                quote_ident(&app)
-            );
-            let row = match client.query_opt(&sql, &[&user_id]).await {
-                Ok(row) => row,
-                // An app row whose schema is gone or half-made must not fail everyone's login.
-                Err(error) if error.code().is_some() => continue,
-                Err(error) => return Err(AuthError::Directory(error.into())),
-            };
-            let Some(row) = row else { continue };
-            let token: String = row.get(2);
-            if token != secret {
-                return Err(AuthError::Invalid);
-            }
-            return Ok(Reader {
-                app: AppName::from(app.as_str()),
-                user_id,
-                account_id: row.get(0),
-                role: row.get(1),
-            });
+        // Apps whose users table exists: a half-made or dropped app must not fail every login.
+        let apps: Vec<String> = client
+            .query(
+                "SELECT name FROM sb.apps \
+                 WHERE ($1::uuid IS NULL OR id = $1) \
+                   AND to_regclass(format('%I.sb_tokens', name)) IS NOT NULL \
+                 ORDER BY name",
+                &[&app_id],
+            )
+            .await
+            .map_err(DbError::from)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if apps.is_empty() {
+            return Err(AuthError::Invalid);
         }
-        Err(AuthError::Invalid)
+        // One round trip whatever the number of apps.
+        let lookups: Vec<String> = apps
+            .iter()
+            .enumerate()
+            .map(|(i, app)| {
+                format!(
+                    "SELECT {i} AS app, account_id, role, token FROM {}.sb_tokens WHERE id = $1",
+                    quote_ident(app)
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT app, account_id, role, token FROM ({}) u ORDER BY app LIMIT 1",
+            lookups.join(" UNION ALL ")
+        );
+        let Some(row) = client
+            .query_opt(&sql, &[&user_id])
+            .await
+            .map_err(DbError::from)?
+        else {
+            return Err(AuthError::Invalid);
+        };
+        let index: i32 = row.get(0);
+        let token: String = row.get(3);
+        let app = usize::try_from(index)
+            .ok()
+            .and_then(|i| apps.get(i))
+            .ok_or(AuthError::Invalid)?;
+        if !constant_time_eq(token.as_bytes(), secret.as_bytes()) {
+            return Err(AuthError::Invalid);
+        }
+        Ok(Reader {
+            app: AppName::from(app.as_str()),
+            user_id,
+            account_id: row.get(1),
+            role: row.get(2),
+        })
     }
+}
+
+/// Comparison whose time does not depend on where the inputs differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A session JWT as StaticBackend issues it (for `walcast token`, the demo and tests).

@@ -85,6 +85,11 @@ async fn auth_refusals_are_one_string() {
         assert_eq!(reply["type"], "error", "{jwt}");
         assert_eq!(reply["data"], "invalid token", "{jwt}");
     }
+    // An app row without its schema (half-made, or dropped) breaks nobody's login.
+    env.sql("INSERT INTO sb.apps (name) VALUES ('ghost')").await;
+    let other = env.create_app("other").await;
+    let other_account = env.create_account(&other).await;
+    env.create_user(&other, other_account, 0).await;
     // nbf 30 minutes ahead (as StaticBackend issues) is accepted.
     ws.auth(&user.jwt).await;
     assert_eq!(ws.token.len(), 48);
@@ -257,6 +262,13 @@ async fn channels_are_scoped_per_app() {
         "invalid token"
     );
     scoped.auth(&u1.jwt).await;
+    for key in [uuid::Uuid::new_v4().to_string(), "not-a-uuid".to_owned()] {
+        let mut unknown = Ws::connect(env.addr, &format!("?sbpk={key}")).await;
+        assert_eq!(
+            unknown.request("auth", &u1.jwt, "").await["data"],
+            "invalid token"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
-use crate::auth::AuthError;
+use crate::auth::{constant_time_eq, AuthError};
 use crate::hub::{ConnId, Joined, Outbox, Subscriber};
 use crate::protocol::{self, encode, frame, ClientMessage, Envelope, ParseError};
 use rand::Rng;
@@ -291,8 +291,4 @@ impl Drop for Session {
 fn random_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
