@@ -34,16 +34,20 @@ pub async fn run(args: UpArgs) -> Result<()> {
         Some(url) => url,
         None => {
             let data_dir = std::path::absolute(&args.data_dir).context("resolving --data-dir")?;
-            eprint!("Starting PostgreSQL in {} … ", data_dir.display());
-            let _ = std::io::stderr().flush();
-            let started = Cluster::start(ClusterOptions {
+            let fresh = !data_dir.join("PG_VERSION").exists();
+            eprint!(
+                "{} PostgreSQL in {} ",
+                if fresh { "Initialising" } else { "Starting" },
+                data_dir.display()
+            );
+            let started = with_progress(Cluster::start(ClusterOptions {
                 data_dir: Some(data_dir),
                 ..ClusterOptions::default()
-            })
+            }))
             .await
-            .inspect_err(|_| eprintln!("failed"))
+            .inspect_err(|_| eprintln!(" failed"))
             .context("starting the embedded PostgreSQL")?;
-            eprintln!("ready on port {}", started.port());
+            eprintln!(" ready on port {}", started.port());
             let url = started.url("postgres");
             cluster = Some(started);
             url
@@ -95,4 +99,21 @@ pub async fn run(args: UpArgs) -> Result<()> {
         eprintln!("stopped");
     }
     Ok(())
+}
+
+/// Prints a dot every half second until `work` is done: initdb and the first start take a few
+/// seconds, and a silent terminal looks hung.
+async fn with_progress<T>(work: impl std::future::Future<Output = T>) -> T {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                eprint!(".");
+                let _ = std::io::stderr().flush();
+            }
+        }
+    }
 }
