@@ -101,4 +101,34 @@ mod tests {
         let m = parse_client(br#"{"type":"join","data":"db-x","since":"0/16B3748"}"#).unwrap();
         assert_eq!(m.since.as_deref(), Some("0/16B3748"));
     }
+
+    /// Client frames come from anyone: random bytes, every truncation and byte flips of valid
+    /// messages either parse or are refused, never panic.
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let valid =
+            br#"{"sid":"s","type":"join","data":"db-x","channel":"c","token":"t","since":"0/1"}"#;
+        for cut in 0..=valid.len() {
+            let _ = parse_client(&valid[..cut]);
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut input = valid.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % input.len();
+                input[at] = next() as u8;
+            }
+            let _ = parse_client(&input);
+            let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+            let _ = parse_client(&random);
+        }
+        let deep = "[".repeat(100_000);
+        assert!(parse_client(deep.as_bytes()).is_err());
+    }
 }
