@@ -277,7 +277,7 @@ async fn repo_created_after_start_with_nullable_columns() {
     let mut a1 = subscribed(&env, &t.a1, ch).await; // joined before the table exists
     env.sql(
         "CREATE TABLE acme.late_760_ (id uuid PRIMARY KEY DEFAULT uuid_generate_v4(),
-            account_id uuid, owner_id uuid, data jsonb NOT NULL, created timestamp NOT NULL)",
+            account_id uuid, owner_id uuid, note text, data jsonb NOT NULL, created timestamp NOT NULL)",
     )
     .await;
     let id = env
@@ -304,6 +304,26 @@ async fn repo_created_after_start_with_nullable_columns() {
         .insert(&t.app, "late_760_", Some(t.a), None, json!({"v": 3}))
         .await;
     a1.expect_id("db_created", ch, id, "").await;
+
+    // DDL while streaming: a new column, then dropping one that stood before `data`, which
+    // moves `data`'s position in the WAL's tuples.
+    env.sql("ALTER TABLE acme.late_760_ ADD COLUMN extra text DEFAULT 'x'")
+        .await;
+    let id = env
+        .insert(&t.app, "late_760_", Some(t.a), None, json!({"v": 4}))
+        .await;
+    assert_eq!(
+        a1.expect_id("db_created", ch, id, "after ADD COLUMN").await["v"],
+        4
+    );
+    env.sql("ALTER TABLE acme.late_760_ DROP COLUMN note").await;
+    let id = env
+        .insert(&t.app, "late_760_", Some(t.a), None, json!({"v": 5}))
+        .await;
+    let doc = a1
+        .expect_id("db_created", ch, id, "after DROP COLUMN")
+        .await;
+    assert_eq!(doc["v"], 5);
 }
 
 #[tokio::test]
