@@ -12,6 +12,7 @@ use uuid::Uuid;
 use walcast::event::{CommittedEvents, DocumentChange, DocumentEvent};
 use walcast::hub::{Hub, Outbox, Subscriber};
 use walcast::permission::{Reader, RowAccess};
+use walcast::protocol::Channel;
 use walcast_replication::Lsn;
 
 const SUBSCRIBERS: usize = 10_000;
@@ -24,7 +25,7 @@ struct Setup {
     accounts: Vec<Uuid>,
 }
 
-fn setup(channel: &str) -> Setup {
+fn setup(channel: &Channel) -> Setup {
     let app: Arc<str> = "bench".into();
     let hub = Hub::default();
     let accounts: Vec<Uuid> = (0..ACCOUNTS)
@@ -68,7 +69,7 @@ fn drain(outboxes: &[Arc<Outbox>], batch: &mut Vec<Bytes>) -> usize {
 }
 
 fn db_fanout(c: &mut Criterion) {
-    let s = setup(&format!("db-{REPO}"));
+    let s = setup(&Channel::parse(&format!("db-{REPO}")).expect("valid channel name"));
     let app: Arc<str> = "bench".into();
     let repo: Arc<str> = REPO.into();
     let events = s
@@ -111,14 +112,15 @@ fn db_fanout(c: &mut Criterion) {
 }
 
 fn channel_fanout(c: &mut Criterion) {
-    let s = setup("room");
+    let room = Channel::parse("room").expect("valid channel name");
+    let s = setup(&room);
     let frame = walcast::protocol::frame::text(&[b'x'; 180]);
     let mut batch = Vec::new();
     let mut group = c.benchmark_group("fanout");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     group.bench_function("channel_10k_members", |b| {
         b.iter(|| {
-            let delivery = s.hub.publish("bench", "room", black_box(&frame));
+            let delivery = s.hub.publish("bench", &room, black_box(&frame));
             assert_eq!(delivery.delivered, SUBSCRIBERS);
             drain(&s.outboxes, &mut batch)
         })

@@ -11,7 +11,7 @@
 //! Invariants: a transaction's lines are written and flushed together, and only then is its end
 //! LSN confirmed. A closed output (EPIPE, or the reader of a pipe gone) ends the tail cleanly.
 
-use crate::event::{Assembler, CommittedEvents, DocumentChange, DocumentEvent};
+use crate::event::{Assembler, CommittedEvents, DocumentEvent};
 use std::future::Future;
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -195,11 +195,8 @@ pub fn format_event(
     commit_time: &str,
     buf: &mut Vec<u8>,
 ) -> Result<(), serde_json::Error> {
-    let (kind, document) = match &event.change {
-        DocumentChange::Created { document, .. } => ("db_created", Some(document.as_str())),
-        DocumentChange::Updated { document, .. } => ("db_updated", Some(document.as_str())),
-        DocumentChange::Deleted { .. } => ("db_deleted", None),
-    };
+    let kind = event.change.kind().as_str();
+    let document = event.change.document();
     let fields: [(&str, &str); 6] = [
         ("app", &event.app),
         ("repo", &event.repo),
@@ -285,6 +282,7 @@ pub async fn stdout_closed() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::DocumentChange;
     use crate::permission::RowAccess;
     use serde_json::{json, Value};
     use std::sync::Arc;

@@ -5,15 +5,13 @@
 use super::client::{close_code, WsConn, OP_CLOSE, OP_TEXT};
 use super::latency::{now_us, read_stamp, Recorder};
 use super::BenchError;
+use crate::protocol::CloseReason;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Close code of a connection the server dropped for not keeping up.
-pub const SLOW_CONSUMER: u16 = 4008;
 
 /// What every subscriber task shares.
 pub struct Shared {
@@ -140,7 +138,7 @@ async fn read_loop(conn: &mut WsConn, spec: &Spec, shared: &Shared) -> Outcome {
             shared.delivered.fetch_add(count, Ordering::Relaxed);
         }
         match closed {
-            Some(SLOW_CONSUMER) => {
+            Some(code) if code == CloseReason::SlowConsumer.code() => {
                 outcome.slow_consumer_closed = true;
                 break;
             }

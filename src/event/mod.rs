@@ -6,9 +6,11 @@
 
 mod assemble;
 mod document;
+mod kind;
 
 pub use assemble::{AssembleStats, Assembler};
 pub use document::{build_document, DocumentError};
+pub use kind::EventKind;
 
 use crate::permission::{AppName, RowAccess};
 use std::sync::Arc;
@@ -27,6 +29,27 @@ pub enum DocumentChange {
     },
     /// `previous` is `None` when the WAL carried only the key (replica identity not FULL).
     Deleted { previous: Option<RowAccess> },
+}
+
+impl DocumentChange {
+    /// What happened to the row itself (a reader may be told otherwise when it moved).
+    pub fn kind(&self) -> EventKind {
+        match self {
+            DocumentChange::Created { .. } => EventKind::Created,
+            DocumentChange::Updated { .. } => EventKind::Updated,
+            DocumentChange::Deleted { .. } => EventKind::Deleted,
+        }
+    }
+
+    /// The document JSON text; a deleted row has none.
+    pub fn document(&self) -> Option<&str> {
+        match self {
+            DocumentChange::Created { document, .. } | DocumentChange::Updated { document, .. } => {
+                Some(document)
+            }
+            DocumentChange::Deleted { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

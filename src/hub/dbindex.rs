@@ -1,5 +1,6 @@
 use super::{ConnId, Subscriber};
-use crate::permission::{read_level, ReadLevel, RowAccess};
+use crate::permission::{ReadLevel, RowAccess};
+use crate::protocol::Channel;
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -13,6 +14,7 @@ type Bucket = HashMap<ConnId, Arc<Subscriber>>;
 /// and the roots has no duplicates.
 #[derive(Debug)]
 pub struct DbChannel {
+    pub channel: Channel,
     pub level: ReadLevel,
     all: Bucket,
     roots: Bucket,
@@ -25,9 +27,11 @@ pub struct DbChannel {
 }
 
 impl DbChannel {
-    pub fn new(repo: &str) -> Self {
+    /// `level` is the read level of `channel`'s repo.
+    pub fn new(channel: Channel, level: ReadLevel) -> Self {
         DbChannel {
-            level: read_level(repo),
+            channel,
+            level,
             all: Bucket::new(),
             roots: Bucket::new(),
             by_account: HashMap::new(),

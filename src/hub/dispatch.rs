@@ -1,8 +1,8 @@
 use super::dbindex::DbChannel;
 use super::{read, Delivery, Hub, Subscriber};
-use crate::event::{CommittedEvents, DocumentChange, DocumentEvent};
+use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind};
 use crate::permission::{may_read, ReadLevel, Reader, RowAccess};
-use crate::protocol::{encode, frame, Envelope};
+use crate::protocol::{encode, frame, ChannelKind, Envelope};
 use bytes::Bytes;
 use std::sync::Arc;
 use walcast_replication::Lsn;
@@ -20,19 +20,13 @@ pub struct DispatchStats {
     pub confirmable: Lsn,
 }
 
-const CREATED: &str = "db_created";
-const UPDATED: &str = "db_updated";
-const DELETED: &str = "db_deleted";
-
 /// The (at most three) frames one event can produce, each encoded once on first use and
 /// shared by every recipient.
 struct Frames<'a> {
     event: &'a DocumentEvent,
     channel: &'a str,
     lsn: &'a str,
-    created: Option<Bytes>,
-    updated: Option<Bytes>,
-    deleted: Option<Bytes>,
+    encoded: [Option<Bytes>; 3],
 }
 
 impl<'a> Frames<'a> {
@@ -41,15 +35,13 @@ impl<'a> Frames<'a> {
             event,
             channel,
             lsn,
-            created: None,
-            updated: None,
-            deleted: None,
+            encoded: Default::default(),
         }
     }
 
-    fn build(channel: &str, lsn: &str, kind: &str, data: &str) -> Bytes {
+    fn build(channel: &str, lsn: &str, kind: EventKind, data: &str) -> Bytes {
         frame::text(&encode(&Envelope {
-            kind,
+            kind: kind.as_str(),
             data,
             channel,
             lsn: Some(lsn),
@@ -57,25 +49,21 @@ impl<'a> Frames<'a> {
         }))
     }
 
-    fn get(&mut self, kind: &'static str) -> Bytes {
+    fn get(&mut self, kind: EventKind) -> Bytes {
         let (event, channel, lsn) = (self.event, self.channel, self.lsn);
-        let slot = match kind {
-            CREATED => &mut self.created,
-            UPDATED => &mut self.updated,
-            _ => &mut self.deleted,
-        };
-        slot.get_or_insert_with(|| match &event.change {
-            DocumentChange::Created { document, .. } | DocumentChange::Updated { document, .. }
-                if kind != DELETED =>
-            {
-                Self::build(channel, lsn, kind, document)
-            }
-            _ => {
-                let id = serde_json::Value::String(event.id.clone()).to_string();
-                Self::build(channel, lsn, DELETED, &id)
-            }
-        })
-        .clone()
+        self.encoded[kind.index()]
+            .get_or_insert_with(|| match (kind, event.change.document()) {
+                (EventKind::Created | EventKind::Updated, Some(document)) => {
+                    Self::build(channel, lsn, kind, document)
+                }
+                // A delete names the document by its id (a JSON string). A row without a
+                // document is deleted whatever the kind asked: `decide` never asks otherwise.
+                (EventKind::Deleted, _) | (EventKind::Created | EventKind::Updated, None) => {
+                    let id = serde_json::Value::String(event.id.clone()).to_string();
+                    Self::build(channel, lsn, EventKind::Deleted, &id)
+                }
+            })
+            .clone()
     }
 }
 
@@ -86,28 +74,28 @@ fn send(delivery: &mut Delivery, sub: &Arc<Subscriber>, frame: Bytes) {
 /// The one rule of PROTOCOL.md §4 for one reader and one change: which event, if any, the reader
 /// gets. Live dispatch applies it to the candidates the index yields; resume replay to one
 /// subscriber.
-fn decide(level: ReadLevel, reader: &Reader, change: &DocumentChange) -> Option<&'static str> {
+fn decide(level: ReadLevel, reader: &Reader, change: &DocumentChange) -> Option<EventKind> {
     let reads = |row: &RowAccess| may_read(level, reader, row);
     match change {
-        DocumentChange::Created { row, .. } => reads(row).then_some(CREATED),
+        DocumentChange::Created { row, .. } => reads(row).then_some(EventKind::Created),
         DocumentChange::Updated {
             row,
             previous: Some(old),
             ..
         } if old != row => match (reads(old), reads(row)) {
-            (true, true) => Some(UPDATED),
-            (true, false) => Some(DELETED),
-            (false, true) => Some(CREATED),
+            (true, true) => Some(EventKind::Updated),
+            (true, false) => Some(EventKind::Deleted),
+            (false, true) => Some(EventKind::Created),
             (false, false) => None,
         },
         // Without the old row, readers of only the old version cannot be found: they get
         // nothing rather than a guess (fail closed).
-        DocumentChange::Updated { row, .. } => reads(row).then_some(UPDATED),
+        DocumentChange::Updated { row, .. } => reads(row).then_some(EventKind::Updated),
         DocumentChange::Deleted {
             previous: Some(old),
-        } => reads(old).then_some(DELETED),
+        } => reads(old).then_some(EventKind::Deleted),
         DocumentChange::Deleted { previous: None } => {
-            (reader.is_root() || level == ReadLevel::Everyone).then_some(DELETED)
+            (reader.is_root() || level == ReadLevel::Everyone).then_some(EventKind::Deleted)
         }
     }
 }
@@ -134,22 +122,15 @@ impl Hub {
         };
         let lsn = tx.commit_lsn.to_string();
         let mut delivery = Delivery::default();
-        let mut channel_name = String::new();
         let db = read(&self.db);
         for event in &tx.events {
-            channel_name.clear();
-            channel_name.push_str("db-");
-            channel_name.push_str(&event.repo);
-            let Some(index) = db
-                .get(&*event.app)
-                .and_then(|c| c.get(channel_name.as_str()))
-            else {
+            let Some(index) = db.get(&*event.app).and_then(|c| c.get(&*event.repo)) else {
                 continue;
             };
             if fails_closed(index.level, &event.change) {
                 stats.fail_closed += 1;
             }
-            let mut frames = Frames::new(event, &channel_name, &lsn);
+            let mut frames = Frames::new(event, index.channel.name(), &lsn);
             for sub in candidates(index, &event.change) {
                 if !index.admits(sub.conn, tx.commit_lsn, recovery) {
                     continue;
@@ -198,24 +179,24 @@ fn candidates<'a>(
     }
 }
 
-/// Pushes to one subscriber every held event of `channel` it may read, in commit order.
+/// Pushes to one subscriber every held event of `index`'s channel it may read, in commit order.
 pub(super) fn replay<'a>(
     sub: &Subscriber,
-    level: ReadLevel,
-    channel: &str,
+    index: &DbChannel,
     held: impl Iterator<Item = &'a CommittedEvents>,
 ) {
-    let Some(repo) = crate::protocol::db_repo(channel) else {
+    let ChannelKind::Db { repo, .. } = index.channel.kind() else {
         return;
     };
     for tx in held {
         let lsn = tx.commit_lsn.to_string();
         for event in &tx.events {
-            if *event.repo != *repo || *event.app != *sub.reader.app {
+            if event.repo != *repo || event.app != sub.reader.app {
                 continue;
             }
-            if let Some(kind) = decide(level, &sub.reader, &event.change) {
-                sub.outbox.push(Frames::new(event, channel, &lsn).get(kind));
+            if let Some(kind) = decide(index.level, &sub.reader, &event.change) {
+                let frame = Frames::new(event, index.channel.name(), &lsn).get(kind);
+                sub.outbox.push(frame);
             }
         }
     }
@@ -225,6 +206,7 @@ pub(super) fn replay<'a>(
 mod tests {
     use super::*;
     use crate::hub::{Hub, Outbox};
+    use crate::protocol::Channel;
     use futures_util::FutureExt;
     use std::time::SystemTime;
     use uuid::Uuid;
@@ -296,9 +278,8 @@ mod tests {
                     reader: Arc::new(reader),
                     outbox: Arc::new(Outbox::new(1 << 20)),
                 });
-                hub.join(&sub, &format!("db-{repo}"), None, |_| {
-                    Bytes::from_static(b"j")
-                });
+                let channel = Channel::parse(&format!("db-{repo}")).unwrap();
+                hub.join(&sub, &channel, None, |_| Bytes::from_static(b"j"));
                 let mut batch = Vec::new();
                 let _ = sub.outbox.next_batch(&mut batch).now_or_never();
                 subs.push(sub);
@@ -324,15 +305,15 @@ mod tests {
                         .iter()
                         .map(|f| {
                             let text = String::from_utf8_lossy(f);
-                            ["db_created", "db_updated", "db_deleted"]
+                            EventKind::ALL
                                 .into_iter()
-                                .find(|k| text.contains(k))
-                                .unwrap_or("?")
+                                .find(|k| text.contains(k.as_str()))
+                                .map_or("?", EventKind::as_str)
                                 .to_owned()
                         })
                         .collect();
                     let want: Vec<String> = decide(level, &sub.reader, change)
-                        .map(str::to_owned)
+                        .map(|k| k.as_str().to_owned())
                         .into_iter()
                         .collect();
                     assert_eq!(got, want, "{repo} {change:?} conn {}", sub.conn);

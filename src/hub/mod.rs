@@ -15,9 +15,10 @@ mod outbox;
 
 pub use dispatch::DispatchStats;
 pub use history::WindowConfig;
-pub use outbox::{Closing, Outbox, Push};
+pub use outbox::{Outbox, Push};
 
 use crate::permission::{AppName, Reader};
+use crate::protocol::{Channel, ChannelKind};
 use bytes::Bytes;
 use dbindex::DbChannel;
 use history::History;
@@ -40,7 +41,8 @@ type Members = HashMap<ConnId, Arc<Outbox>>;
 #[derive(Debug)]
 pub struct Hub {
     custom: RwLock<HashMap<AppName, HashMap<Box<str>, Members>>>,
-    db: RwLock<HashMap<AppName, HashMap<Box<str>, DbChannel>>>,
+    /// Database channels by app and repo (what a WAL event carries).
+    db: RwLock<HashMap<AppName, HashMap<Arc<str>, DbChannel>>>,
     history: Mutex<History>,
 }
 
@@ -99,26 +101,26 @@ impl Hub {
         }
     }
 
-    /// Idempotent: joining twice keeps one membership. `db-<repo>` channels go to the
-    /// permission index, everything else is a custom channel. `reply` builds the `joined`
-    /// frame, pushed before any event of the channel; with `since` on a db channel, every held
+    /// Idempotent: joining twice keeps one membership. Database channels go to the
+    /// permission index, custom ones to plain membership. `reply` builds the `joined` frame,
+    /// pushed before any event of the channel; with `since` on a database channel, every held
     /// event after it that the subscriber may read follows the reply, then live events.
     pub fn join(
         &self,
         subscriber: &Arc<Subscriber>,
-        channel: &str,
+        channel: &Channel,
         since: Option<Lsn>,
         reply: impl FnOnce(Joined) -> Bytes,
     ) {
         let app = &subscriber.reader.app;
-        match crate::protocol::db_repo(channel) {
-            Some(repo) => {
+        match channel.kind() {
+            ChannelKind::Db { repo, level } => {
                 let mut db = write(&self.db);
                 let index = db
                     .entry(Arc::clone(app))
                     .or_default()
-                    .entry(channel.into())
-                    .or_insert_with(|| DbChannel::new(repo));
+                    .entry(Arc::clone(repo))
+                    .or_insert_with(|| DbChannel::new(channel.clone(), *level));
                 match since {
                     None => {
                         subscriber.outbox.push(reply(Joined::Live));
@@ -129,13 +131,13 @@ impl Hub {
                         let recovered = held.is_some();
                         subscriber.outbox.push(reply(Joined::Resumed { recovered }));
                         if let Some(held) = held {
-                            dispatch::replay(subscriber, index.level, channel, held);
+                            dispatch::replay(subscriber, index, held);
                         }
                     }
                 }
                 index.insert(Arc::clone(subscriber), since);
             }
-            None => {
+            ChannelKind::Custom => {
                 let mut custom = write(&self.custom);
                 let joined = match since {
                     None => Joined::Live,
@@ -145,7 +147,7 @@ impl Hub {
                 custom
                     .entry(Arc::clone(app))
                     .or_default()
-                    .entry(channel.into())
+                    .entry(channel.name().into())
                     .or_default()
                     .insert(subscriber.conn, Arc::clone(&subscriber.outbox));
             }
@@ -161,47 +163,50 @@ impl Hub {
 
     /// Returns whether the connection was a member. Empty channels are dropped so that
     /// abandoned names do not accumulate.
-    pub fn leave(&self, app: &str, conn: ConnId, channel: &str) -> bool {
-        if crate::protocol::db_repo(channel).is_some() {
-            let mut db = write(&self.db);
-            let Some(channels) = db.get_mut(app) else {
-                return false;
-            };
-            let Some(index) = channels.get_mut(channel) else {
-                return false;
-            };
-            let was = index.remove(conn);
-            if index.is_empty() {
-                channels.remove(channel);
-                if channels.is_empty() {
-                    db.remove(app);
+    pub fn leave(&self, app: &str, conn: ConnId, channel: &Channel) -> bool {
+        match channel.kind() {
+            ChannelKind::Db { repo, .. } => {
+                let mut db = write(&self.db);
+                let Some(channels) = db.get_mut(app) else {
+                    return false;
+                };
+                let Some(index) = channels.get_mut(&**repo) else {
+                    return false;
+                };
+                let was = index.remove(conn);
+                if index.is_empty() {
+                    channels.remove(&**repo);
+                    if channels.is_empty() {
+                        db.remove(app);
+                    }
                 }
+                was
             }
-            was
-        } else {
-            let mut custom = write(&self.custom);
-            let Some(channels) = custom.get_mut(app) else {
-                return false;
-            };
-            let Some(members) = channels.get_mut(channel) else {
-                return false;
-            };
-            let was = members.remove(&conn).is_some();
-            if members.is_empty() {
-                channels.remove(channel);
-                if channels.is_empty() {
-                    custom.remove(app);
+            ChannelKind::Custom => {
+                let mut custom = write(&self.custom);
+                let Some(channels) = custom.get_mut(app) else {
+                    return false;
+                };
+                let Some(members) = channels.get_mut(channel.name()) else {
+                    return false;
+                };
+                let was = members.remove(&conn).is_some();
+                if members.is_empty() {
+                    channels.remove(channel.name());
+                    if channels.is_empty() {
+                        custom.remove(app);
+                    }
                 }
+                was
             }
-            was
         }
     }
 
     /// Pushes one pre-encoded `chan_out` frame to every member of a custom channel.
-    pub fn publish(&self, app: &str, channel: &str, frame: &Bytes) -> Delivery {
+    pub fn publish(&self, app: &str, channel: &Channel, frame: &Bytes) -> Delivery {
         let mut delivery = Delivery::default();
         let custom = read(&self.custom);
-        if let Some(members) = custom.get(app).and_then(|c| c.get(channel)) {
+        if let Some(members) = custom.get(app).and_then(|c| c.get(channel.name())) {
             for outbox in members.values() {
                 delivery.record(outbox.push(frame.clone()));
             }

@@ -1,25 +1,8 @@
+use crate::protocol::CloseReason;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
-
-/// Why a connection's writer must stop: sent to the client as a close frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closing {
-    pub code: u16,
-    pub reason: &'static str,
-}
-
-impl Closing {
-    pub const SLOW_CONSUMER: Closing = Closing {
-        code: 4008,
-        reason: "slow consumer",
-    };
-    pub const GOING_AWAY: Closing = Closing {
-        code: 1001,
-        reason: "server shutting down",
-    };
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -34,7 +17,7 @@ pub enum Push {
 struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
-    closing: Option<Closing>,
+    closing: Option<CloseReason>,
 }
 
 /// One connection's outbound queue, bounded in bytes. Producers (hub, session) never wait on
@@ -73,7 +56,7 @@ impl Outbox {
             if state.bytes + frame.len() > self.limit {
                 state.frames.clear();
                 state.bytes = 0;
-                state.closing = Some(Closing::SLOW_CONSUMER);
+                state.closing = Some(CloseReason::SlowConsumer);
                 Push::Overflow
             } else {
                 state.bytes += frame.len();
@@ -102,7 +85,7 @@ impl Outbox {
 
     /// Asks the writer to send a close frame after what is already queued (a clean close) —
     /// except for a slow consumer, whose queue is dropped.
-    pub fn close(&self, closing: Closing) {
+    pub fn close(&self, closing: CloseReason) {
         let first = {
             let mut state = self.lock();
             let first = state.closing.is_none();
@@ -139,7 +122,7 @@ impl Outbox {
     /// Waits until frames are queued or the connection is closing; moves all queued frames into
     /// `batch` so the writer can send them in one write. Returns the close reason once the queue
     /// is empty and closing was requested.
-    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Closing> {
+    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<CloseReason> {
         loop {
             {
                 let mut state = self.lock();
@@ -175,7 +158,7 @@ mod tests {
         batch.clear();
         assert_eq!(
             outbox.next_batch(&mut batch).await,
-            Some(Closing::SLOW_CONSUMER)
+            Some(CloseReason::SlowConsumer)
         );
         assert!(batch.is_empty());
     }
@@ -184,13 +167,13 @@ mod tests {
     async fn clean_close_flushes_first() {
         let outbox = Outbox::new(100);
         outbox.push(Bytes::from_static(b"a"));
-        outbox.close(Closing::GOING_AWAY);
+        outbox.close(CloseReason::ShuttingDown);
         let mut batch = Vec::new();
         assert_eq!(outbox.next_batch(&mut batch).await, None);
         assert_eq!(batch.len(), 1);
         assert_eq!(
             outbox.next_batch(&mut batch).await,
-            Some(Closing::GOING_AWAY)
+            Some(CloseReason::ShuttingDown)
         );
     }
 

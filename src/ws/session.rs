@@ -2,7 +2,9 @@ use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
 use crate::hub::{ConnId, Joined, Outbox, Subscriber};
-use crate::protocol::{self, encode, frame, ClientMessage, Envelope, ParseError};
+use crate::protocol::{
+    self, encode, frame, Channel, ChannelError, CloseReason, Envelope, ParseError, Request,
+};
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use walcast_replication::Lsn;
 pub enum Next {
     Continue,
     /// Close the connection with this code and reason (after the replies already queued).
-    Close(u16, &'static str),
+    Close(CloseReason),
 }
 
 struct Authed {
@@ -31,7 +33,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     app_key: Option<String>,
     authed: Option<Authed>,
-    joined: HashSet<String>,
+    joined: HashSet<Channel>,
     rate: RateLimiter,
 }
 
@@ -81,55 +83,58 @@ impl Session {
             self.error("rate limit exceeded");
             return Next::Continue;
         }
-        let msg = match protocol::parse_client(payload) {
-            Ok(msg) => msg,
-            Err(_) => {
-                self.error(ParseError::CLIENT_MESSAGE);
-                return Next::Continue;
-            }
+        let Ok(msg) = protocol::parse_client(payload) else {
+            self.error(ParseError::CLIENT_MESSAGE);
+            return Next::Continue;
         };
         if msg.sid != self.sid {
             self.error("invalid sid");
             return Next::Continue;
         }
-        match msg.kind.as_str() {
-            "echo" => {
-                let data = format!("echo: {}", msg.data);
+        let request = match Request::from_message(msg) {
+            Ok(request) => request,
+            Err(unknown) => {
+                self.error(&unknown.to_string());
+                return Next::Continue;
+            }
+        };
+        match request {
+            Request::Echo {
+                data,
+                channel,
+                token,
+            } => {
+                let data = format!("echo: {data}");
                 self.push(&Envelope {
-                    sid: &msg.sid,
-                    kind: &msg.kind,
+                    sid: &self.sid,
+                    kind: "echo",
                     data: &data,
-                    channel: &msg.channel,
-                    token: &msg.token,
+                    channel: &channel,
+                    token: &token,
                     ..Envelope::default()
                 });
-                Next::Continue
             }
-            "auth" => self.auth(&msg).await,
-            "join" => {
-                self.join(&msg);
-                Next::Continue
-            }
-            "leave" => {
-                self.leave(&msg);
-                Next::Continue
-            }
-            "chan_in" => {
-                self.chan_in(&msg);
-                Next::Continue
-            }
-            other => {
-                self.error(&format!("{other} command not found"));
-                Next::Continue
-            }
+            Request::Auth { jwt } => return self.auth(&jwt).await,
+            Request::Join {
+                token,
+                channel,
+                since,
+            } => self.join(&token, channel, since),
+            Request::Leave { token, channel } => self.leave(&token, &channel),
+            Request::ChanIn {
+                token,
+                channel,
+                data,
+            } => self.chan_in(&token, channel, &data),
         }
+        Next::Continue
     }
 
-    async fn auth(&mut self, msg: &ClientMessage) -> Next {
+    async fn auth(&mut self, jwt: &str) -> Next {
         let reader = match self
             .ctx
             .auth
-            .authenticate(&msg.data, self.app_key.as_deref())
+            .authenticate(jwt, self.app_key.as_deref())
             .await
         {
             Ok(reader) => reader,
@@ -153,8 +158,8 @@ impl Session {
         let reader = Arc::new(reader);
         let Some(app_slot) = self.ctx.limits.acquire_app(&reader.app) else {
             self.ctx.telemetry.drop_reason("connection_limit", 1);
-            self.error("connection limit reached");
-            return Next::Close(1013, "connection limit reached");
+            self.error(CloseReason::ConnectionLimit.text());
+            return Next::Close(CloseReason::ConnectionLimit);
         };
         let token = random_token();
         self.authed = Some(Authed {
@@ -186,27 +191,23 @@ impl Session {
         }
     }
 
-    fn join(&mut self, msg: &ClientMessage) {
-        let Some(subscriber) = self.check_token(&msg.token) else {
+    fn join(&mut self, token: &str, channel: Result<Channel, ChannelError>, since: Option<Lsn>) {
+        let Some(subscriber) = self.check_token(token) else {
             return;
         };
-        let channel = msg.data.as_str();
-        if let Err(refused) = protocol::validate_channel(channel) {
-            self.error(refused.message());
-            return;
-        }
-        if !self.joined.contains(channel) && self.joined.len() >= self.ctx.config.max_channels {
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(refused) => {
+                self.error(refused.message());
+                return;
+            }
+        };
+        if !self.joined.contains(&channel) && self.joined.len() >= self.ctx.config.max_channels {
             self.error("channel limit reached");
             return;
         }
-        // An unreadable `since` cannot be honoured: 0/0 is never recoverable, so the client
-        // is told to reload.
-        let since = msg
-            .since
-            .as_deref()
-            .map(|s| s.parse::<Lsn>().unwrap_or(Lsn::ZERO));
         let sid = &self.sid;
-        self.ctx.hub.join(&subscriber, channel, since, |joined| {
+        self.ctx.hub.join(&subscriber, &channel, since, |joined| {
             let recovered = match joined {
                 Joined::Live => None,
                 Joined::Resumed { recovered } => Some(recovered),
@@ -214,54 +215,47 @@ impl Session {
             frame::text(&encode(&Envelope {
                 sid,
                 kind: "joined",
-                data: channel,
+                data: channel.name(),
                 recovered,
                 ..Envelope::default()
             }))
         });
-        self.joined.insert(channel.to_owned());
+        self.joined.insert(channel);
     }
 
-    fn leave(&mut self, msg: &ClientMessage) {
-        let Some(subscriber) = self.check_token(&msg.token) else {
+    fn leave(&mut self, token: &str, name: &str) {
+        let Some(subscriber) = self.check_token(token) else {
             return;
         };
-        let channel = msg.data.as_str();
-        if self.joined.remove(channel) {
+        if let Some(channel) = self.joined.take(name) {
             self.ctx
                 .hub
-                .leave(&subscriber.reader.app, self.conn, channel);
+                .leave(&subscriber.reader.app, self.conn, &channel);
         }
-        self.reply("left", channel);
+        self.reply("left", name);
     }
 
-    fn chan_in(&mut self, msg: &ClientMessage) {
-        let Some(subscriber) = self.check_token(&msg.token) else {
+    fn chan_in(&mut self, token: &str, channel: Result<Channel, ChannelError>, data: &str) {
+        let Some(subscriber) = self.check_token(token) else {
             return;
         };
-        let channel = msg.channel.as_str();
-        if channel.is_empty() {
-            self.error("no channel was specified");
-            return;
-        }
-        if protocol::is_db_channel_any_case(channel) {
-            self.error("you cannot write to database channel");
-            return;
-        }
-        if let Err(refused) = protocol::validate_channel(channel) {
-            self.error(refused.message());
-            return;
-        }
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(refused) => {
+                self.error(refused.message());
+                return;
+            }
+        };
         // `ok` is queued before the fanout so the sender sees it ahead of its own copy.
         self.reply("ok", "");
         let out = frame::text(&encode(&Envelope {
             sid: &self.sid,
             kind: "chan_out",
-            data: &msg.data,
-            channel,
+            data,
+            channel: channel.name(),
             ..Envelope::default()
         }));
-        let delivery = self.ctx.hub.publish(&subscriber.reader.app, channel, &out);
+        let delivery = self.ctx.hub.publish(&subscriber.reader.app, &channel, &out);
         self.ctx.telemetry.delivered(delivery.delivered);
         if delivery.slow_consumers > 0 {
             self.ctx

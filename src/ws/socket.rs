@@ -1,7 +1,7 @@
 use super::session::{Next, Session};
 use super::WsContext;
-use crate::hub::{Closing, Outbox};
-use crate::protocol::{encode, frame, Envelope};
+use crate::hub::Outbox;
+use crate::protocol::{encode, frame, CloseReason, Envelope};
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
@@ -39,12 +39,9 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
         outbox.push(frame::text(&encode(&Envelope::reply(
             "",
             "error",
-            "connection limit reached",
+            CloseReason::ConnectionLimit.text(),
         ))));
-        outbox.close(Closing {
-            code: 1013,
-            reason: "connection limit reached",
-        });
+        outbox.close(CloseReason::ConnectionLimit);
         let _ = writer.await;
         return;
     };
@@ -69,25 +66,10 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
                 .await;
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(WebSocketError::FrameTooLarge) => {
-                    break Some(Closing {
-                        code: 1009,
-                        reason: "message too big",
-                    })
-                }
-                Err(WebSocketError::InvalidUTF8) => {
-                    break Some(Closing {
-                        code: 1007,
-                        reason: "invalid utf-8",
-                    })
-                }
+                Err(WebSocketError::FrameTooLarge) => break Some(CloseReason::TooBig),
+                Err(WebSocketError::InvalidUTF8) => break Some(CloseReason::InvalidUtf8),
                 Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) => break None,
-                Err(_) => {
-                    break Some(Closing {
-                        code: 1002,
-                        reason: "protocol error",
-                    })
-                }
+                Err(_) => break Some(CloseReason::ProtocolError),
             };
             activity.touch();
             let message = match frame.opcode {
@@ -98,16 +80,10 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
                 }
                 OpCode::Continuation => {
                     let Some(buf) = partial.as_mut() else {
-                        break Some(Closing {
-                            code: 1002,
-                            reason: "protocol error",
-                        });
+                        break Some(CloseReason::ProtocolError);
                     };
                     if buf.len() + frame.payload.len() > ctx.config.max_frame_bytes {
-                        break Some(Closing {
-                            code: 1009,
-                            reason: "message too big",
-                        });
+                        break Some(CloseReason::TooBig);
                     }
                     buf.extend_from_slice(&frame.payload);
                     if !frame.fin {
@@ -115,37 +91,24 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
                     }
                     let whole = partial.take().unwrap_or_default().freeze();
                     if std::str::from_utf8(&whole).is_err() {
-                        break Some(Closing {
-                            code: 1007,
-                            reason: "invalid utf-8",
-                        });
+                        break Some(CloseReason::InvalidUtf8);
                     }
                     whole
                 }
-                OpCode::Binary => {
-                    break Some(Closing {
-                        code: 1003,
-                        reason: "binary frames are not supported",
-                    })
-                }
+                OpCode::Binary => break Some(CloseReason::Binary),
                 OpCode::Ping => {
                     outbox.push_control(frame::pong(&frame.payload));
                     continue;
                 }
                 OpCode::Pong => continue,
-                OpCode::Close => {
-                    break Some(Closing {
-                        code: 1000,
-                        reason: "",
-                    })
-                }
+                OpCode::Close => break Some(CloseReason::Normal),
             };
             ctx.telemetry.message_in();
             // Boxed: `handle` (with the auth lookup's database future) is ~2.6 KB, and held inline
             // it would make every idle connection's task that much bigger. One short-lived
             // allocation per inbound message is cheaper than 2.6 KB per connection for its life.
-            if let Next::Close(code, reason) = Box::pin(session.handle(&message)).await {
-                break Some(Closing { code, reason });
+            if let Next::Close(reason) = Box::pin(session.handle(&message)).await {
+                break Some(reason);
             }
         }
     };
@@ -158,10 +121,7 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     if let Some(closing) = closing {
         outbox.close(closing);
     } else {
-        outbox.close(Closing {
-            code: 1000,
-            reason: "",
-        });
+        outbox.close(CloseReason::Normal);
     }
     session.leave_all();
     drop(session);
@@ -212,11 +172,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             biased;
             _ = ctx.shutdown.cancelled(), if !shutting_down => {
                 shutting_down = true;
-                outbox.close(Closing::GOING_AWAY);
+                outbox.close(CloseReason::ShuttingDown);
             }
             _ = ping.tick() => {
                 if activity.idle_ms() > idle_limit {
-                    outbox.close(Closing { code: 1001, reason: "idle timeout" });
+                    outbox.close(CloseReason::IdleTimeout);
                 } else {
                     outbox.push_control(frame::ping(b""));
                 }
@@ -238,20 +198,15 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     };
     if let Some(closing) = closing {
-        if closing == Closing::SLOW_CONSUMER {
+        if closing == CloseReason::SlowConsumer {
             ctx.telemetry.drop_reason("slow_consumer_close", 1);
         }
-        let _ = out
-            .write_all(&frame::close(closing.code, closing.reason))
-            .await;
+        let _ = out.write_all(&closing.frame()).await;
         let _ = out.flush().await;
     }
     let _ = out.shutdown().await;
     // The reader learns of the end through the outbox (slow consumer, shutdown) or the socket.
-    outbox.close(Closing {
-        code: 1000,
-        reason: "",
-    });
+    outbox.close(CloseReason::Normal);
 }
 
 /// All queued frames in one write: the syscall per message, not the copy, is what limits

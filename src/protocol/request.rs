@@ -1,0 +1,186 @@
+//! What a client asks for, parsed once from a [`ClientMessage`] into a [`Request`]
+//! (PROTOCOL.md §3). An unknown `type` is an error value carrying the type, answered
+//! `<type> command not found`.
+//!
+//! Adding a request: a variant here, its arm in [`Request::from_message`] (the only place that
+//! reads the `type` string), and its arm in the session's `handle` (the compiler asks for it).
+
+use super::{Channel, ChannelError, ClientMessage};
+use walcast_replication::Lsn;
+
+/// One client request, its fields already typed. Fields a request does not use are dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `echo`: answered with `echo: <data>`, channel and token sent back as they came.
+    Echo {
+        data: String,
+        channel: String,
+        token: String,
+    },
+    /// `auth`: `jwt` is the StaticBackend session token (the frame's `data`).
+    Auth { jwt: String },
+    /// `join`: the channel is refused only after the token is checked, so its parse error is
+    /// kept, not raised. `since` is the resume point (PROTOCOL.md §8); an unreadable one is
+    /// [`Lsn::ZERO`], which no window holds, so the client is told to reload.
+    Join {
+        token: String,
+        channel: Result<Channel, ChannelError>,
+        since: Option<Lsn>,
+    },
+    /// `leave`: any name; leaving a channel one is not in is answered like any other leave.
+    Leave { token: String, channel: String },
+    /// `chan_in`: publish `data` to a custom channel.
+    ChanIn {
+        token: String,
+        channel: Result<Channel, ChannelError>,
+        data: String,
+    },
+}
+
+/// A message whose `type` names no request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0} command not found")]
+    UnknownType(String),
+}
+
+impl Request {
+    /// The request a parsed client message asks for.
+    pub fn from_message(message: ClientMessage) -> Result<Request, RequestError> {
+        let ClientMessage {
+            sid: _,
+            kind,
+            data,
+            channel,
+            token,
+            since,
+        } = message;
+        match kind.as_str() {
+            "echo" => Ok(Request::Echo {
+                data,
+                channel,
+                token,
+            }),
+            "auth" => Ok(Request::Auth { jwt: data }),
+            "join" => Ok(Request::Join {
+                token,
+                channel: Channel::parse(&data),
+                since: since.map(|s| s.parse().unwrap_or(Lsn::ZERO)),
+            }),
+            "leave" => Ok(Request::Leave {
+                token,
+                channel: data,
+            }),
+            "chan_in" => Ok(Request::ChanIn {
+                token,
+                channel: Channel::parse_writable(&channel),
+                data,
+            }),
+            _ => Err(RequestError::UnknownType(kind)),
+        }
+    }
+
+    /// The wire `type` of this request.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Echo { .. } => "echo",
+            Request::Auth { .. } => "auth",
+            Request::Join { .. } => "join",
+            Request::Leave { .. } => "leave",
+            Request::ChanIn { .. } => "chan_in",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::parse_client;
+
+    fn request(frame: &str) -> Result<Request, RequestError> {
+        Request::from_message(parse_client(frame.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn each_type() {
+        assert_eq!(
+            request(r#"{"type":"echo","data":"d","channel":"c","token":"t"}"#),
+            Ok(Request::Echo {
+                data: "d".into(),
+                channel: "c".into(),
+                token: "t".into()
+            })
+        );
+        assert_eq!(
+            request(r#"{"type":"auth","data":"jwt"}"#),
+            Ok(Request::Auth { jwt: "jwt".into() })
+        );
+        assert_eq!(
+            request(r#"{"type":"leave","data":"room","token":"t"}"#),
+            Ok(Request::Leave {
+                token: "t".into(),
+                channel: "room".into()
+            })
+        );
+        let Ok(Request::Join {
+            token,
+            channel,
+            since,
+        }) = request(r#"{"type":"join","data":"db-x","token":"t","since":"0/16B3748"}"#)
+        else {
+            panic!("not a join");
+        };
+        assert_eq!(token, "t");
+        assert_eq!(channel.map(|c| c.name().to_owned()), Ok("db-x".into()));
+        assert_eq!(since, Some(Lsn(0x16B3748)));
+        let Ok(Request::ChanIn { channel, data, .. }) =
+            request(r#"{"type":"chan_in","channel":"room","data":"hi"}"#)
+        else {
+            panic!("not a chan_in");
+        };
+        assert_eq!(channel.map(|c| c.name().to_owned()), Ok("room".into()));
+        assert_eq!(data, "hi");
+    }
+
+    #[test]
+    fn kind_names_the_parsed_type() {
+        for kind in ["echo", "auth", "join", "leave", "chan_in"] {
+            let frame = format!(r#"{{"type":"{kind}","data":"x","channel":"y"}}"#);
+            assert_eq!(request(&frame).map(|r| r.kind()), Ok(kind));
+        }
+    }
+
+    #[test]
+    fn channel_refusals_are_kept_for_later() {
+        let Ok(Request::Join { channel, .. }) = request(r#"{"type":"join","data":"sbsys"}"#) else {
+            panic!("not a join");
+        };
+        assert_eq!(channel.err(), Some(ChannelError::Reserved));
+        let Ok(Request::ChanIn { channel, .. }) = request(r#"{"type":"chan_in","channel":"DB-x"}"#)
+        else {
+            panic!("not a chan_in");
+        };
+        assert_eq!(channel.err(), Some(ChannelError::NotWritable));
+    }
+
+    #[test]
+    fn unreadable_since_is_zero_and_empty_since_is_none() {
+        let since = |frame: &str| match request(frame) {
+            Ok(Request::Join { since, .. }) => since,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            since(r#"{"type":"join","data":"db-x","since":"soon"}"#),
+            Some(Lsn::ZERO)
+        );
+        assert_eq!(since(r#"{"type":"join","data":"db-x","since":""}"#), None);
+    }
+
+    #[test]
+    fn unknown_type_is_an_error_carrying_it() {
+        let unknown = request(r#"{"type":"JOIN"}"#).unwrap_err();
+        assert_eq!(unknown, RequestError::UnknownType("JOIN".into()));
+        assert_eq!(unknown.to_string(), "JOIN command not found");
+        assert_eq!(request("{}").unwrap_err().to_string(), " command not found");
+    }
+}
