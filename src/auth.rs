@@ -3,6 +3,7 @@
 
 use crate::db::{quote_ident, Database, DbError};
 use crate::permission::{AppName, Reader};
+use futures_util::future::BoxFuture;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -127,6 +128,28 @@ impl Authenticator {
             account_id: row.get(1),
             role: row.get(2),
         })
+    }
+}
+
+/// Who a session JWT belongs to. The gateway asks PostgreSQL ([`Authenticator`]); the protocol
+/// session only needs this question answered, so its tests answer it from memory.
+pub trait UserLookup: Send + Sync + std::fmt::Debug {
+    /// The user behind `jwt`; with `app_key` (the `sbpk` the connection named), only a user of
+    /// that app.
+    fn authenticate<'a>(
+        &'a self,
+        jwt: &'a str,
+        app_key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Reader, AuthError>>;
+}
+
+impl UserLookup for Authenticator {
+    fn authenticate<'a>(
+        &'a self,
+        jwt: &'a str,
+        app_key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Reader, AuthError>> {
+        Box::pin(Authenticator::authenticate(self, jwt, app_key))
     }
 }
 

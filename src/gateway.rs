@@ -88,7 +88,7 @@ impl Gateway {
         ));
         let ws = Arc::new(WsContext {
             hub: Arc::clone(&hub),
-            auth: Arc::clone(&auth),
+            auth: auth.clone(),
             limits: ConnectionLimits::new(
                 settings.max_connections,
                 settings.max_connections_per_app,

@@ -8,7 +8,7 @@ mod socket;
 pub use limits::{ConnectionLimits, RateLimiter};
 pub use socket::serve_socket;
 
-use crate::auth::Authenticator;
+use crate::auth::UserLookup;
 use crate::hub::Hub;
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
@@ -48,7 +48,7 @@ impl Default for WsConfig {
 #[derive(Debug)]
 pub struct WsContext {
     pub hub: Arc<Hub>,
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<dyn UserLookup>,
     pub limits: Arc<ConnectionLimits>,
     pub config: WsConfig,
     pub telemetry: Telemetry,

@@ -1,3 +1,6 @@
+//! One connection's protocol state machine: typed requests in, replies and hub calls out
+//! (PROTOCOL.md §3).
+
 use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
@@ -286,3 +289,6 @@ fn random_token() -> String {
     let bytes: [u8; 24] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests;

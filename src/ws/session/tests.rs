@@ -1,0 +1,325 @@
+//! Protocol cases of one session, without PostgreSQL: the user lookup answers from memory and
+//! replies are read back from the connection's outbox.
+
+use super::{Next, Session};
+use crate::auth::{AuthError, UserLookup};
+use crate::hub::{Hub, Outbox};
+use crate::permission::Reader;
+use crate::protocol::CloseReason;
+use crate::telemetry::Telemetry;
+use crate::ws::{ConnectionLimits, WsConfig, WsContext};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Session JWTs this directory knows, each with its user.
+#[derive(Debug, Default)]
+struct Directory(HashMap<&'static str, Reader>);
+
+impl UserLookup for Directory {
+    fn authenticate<'a>(
+        &'a self,
+        jwt: &'a str,
+        _app_key: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Reader, AuthError>> {
+        let found = self.0.get(jwt).cloned().ok_or(AuthError::Invalid);
+        Box::pin(async move { found })
+    }
+}
+
+fn user(app: &str, n: u128) -> Reader {
+    Reader {
+        app: app.into(),
+        user_id: Uuid::from_u128(n),
+        account_id: Some(Uuid::from_u128(1000 + n)),
+        role: 0,
+    }
+}
+
+fn context(config: WsConfig, per_app: usize) -> Arc<WsContext> {
+    let directory = Directory(HashMap::from([
+        ("jwt-alice", user("acme", 1)),
+        ("jwt-bob", user("acme", 2)),
+    ]));
+    Arc::new(WsContext {
+        hub: Arc::new(Hub::default()),
+        auth: Arc::new(directory),
+        limits: ConnectionLimits::new(100, per_app),
+        config,
+        telemetry: Telemetry::new(),
+        shutdown: CancellationToken::new(),
+    })
+}
+
+/// A session and the client's view of it.
+struct Client {
+    session: Session,
+    outbox: Arc<Outbox>,
+    sid: String,
+    token: String,
+}
+
+impl Client {
+    fn connect(ctx: &Arc<WsContext>, conn: u64) -> Client {
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        let session = Session::new(Arc::clone(ctx), conn, Arc::clone(&outbox), None);
+        session.send_init();
+        let mut client = Client {
+            session,
+            outbox,
+            sid: String::new(),
+            token: String::new(),
+        };
+        let init = client.replies();
+        assert_eq!(init.len(), 1);
+        assert_eq!(init[0]["type"], "init");
+        client.sid = init[0]["data"].as_str().unwrap_or_default().to_owned();
+        client
+    }
+
+    /// Every frame queued so far, as JSON.
+    fn replies(&self) -> Vec<Value> {
+        let mut batch = Vec::new();
+        let _ = self.outbox.next_batch(&mut batch).now_or_never();
+        batch.iter().map(|frame| text_payload(frame)).collect()
+    }
+
+    fn send_raw(&mut self, payload: &str) -> Next {
+        self.session
+            .handle(payload.as_bytes())
+            .now_or_never()
+            .expect("the in-memory lookup never waits")
+    }
+
+    /// Sends a message with this session's sid and current token.
+    fn send(&mut self, kind: &str, data: &str, channel: &str) -> Next {
+        let message = serde_json::json!({
+            "sid": self.sid, "type": kind, "data": data, "channel": channel, "token": self.token,
+        });
+        self.send_raw(&message.to_string())
+    }
+
+    /// Sends and returns the one reply.
+    fn ask(&mut self, kind: &str, data: &str, channel: &str) -> Value {
+        assert_eq!(self.send(kind, data, channel), Next::Continue);
+        let mut replies = self.replies();
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        replies.remove(0)
+    }
+
+    fn login(&mut self, jwt: &str) {
+        let reply = self.ask("auth", jwt, "");
+        assert_eq!(reply["type"], "token", "{reply}");
+        self.token = reply["data"].as_str().unwrap_or_default().to_owned();
+        assert!(!self.token.is_empty());
+    }
+}
+
+/// The JSON of one unmasked server text frame.
+fn text_payload(frame: &[u8]) -> Value {
+    assert_eq!(frame[0], 0x81, "a final text frame");
+    let start = match frame[1] {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    serde_json::from_slice(&frame[start..]).expect("server frames are JSON")
+}
+
+fn error_text(reply: &Value) -> &str {
+    assert_eq!(reply["type"], "error", "{reply}");
+    reply["data"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn refusals_before_any_request() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut client = Client::connect(&ctx, 1);
+    assert_eq!(client.send_raw("not json"), Next::Continue);
+    assert_eq!(error_text(&client.replies()[0]), "invalid message");
+    client.send_raw(r#"{"sid":"someone-else","type":"echo"}"#);
+    assert_eq!(error_text(&client.replies()[0]), "invalid sid");
+    // The sid is checked before the type.
+    client.send_raw(r#"{"sid":"someone-else","type":"dance"}"#);
+    assert_eq!(error_text(&client.replies()[0]), "invalid sid");
+    let reply = client.ask("dance", "", "");
+    assert_eq!(error_text(&reply), "dance command not found");
+}
+
+#[test]
+fn echo_sends_back_channel_and_token() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut client = Client::connect(&ctx, 1);
+    client.token = "t".into();
+    let reply = client.ask("echo", "hello", "c");
+    assert_eq!(reply["type"], "echo");
+    assert_eq!(reply["data"], "echo: hello");
+    assert_eq!(reply["channel"], "c");
+    assert_eq!(reply["token"], "t");
+    assert_eq!(reply["sid"], client.sid.as_str());
+}
+
+#[test]
+fn token_is_checked_before_the_channel() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut client = Client::connect(&ctx, 1);
+    for kind in ["join", "leave"] {
+        assert_eq!(error_text(&client.ask(kind, "sbsys", "")), "invalid token");
+    }
+    assert_eq!(error_text(&client.ask("chan_in", "x", "")), "invalid token");
+    assert_eq!(
+        error_text(&client.ask("auth", "forged", "")),
+        "invalid token"
+    );
+    client.login("jwt-alice");
+    assert_eq!(
+        error_text(&client.ask("join", "sbsys", "")),
+        "reserved channel"
+    );
+    assert_eq!(
+        error_text(&client.ask("join", "", "")),
+        "invalid channel name"
+    );
+    assert_eq!(
+        error_text(&client.ask("chan_in", "x", "")),
+        "no channel was specified"
+    );
+    assert_eq!(
+        error_text(&client.ask("chan_in", "x", "DB-tasks")),
+        "you cannot write to database channel"
+    );
+    client.token = "stale".into();
+    assert_eq!(error_text(&client.ask("join", "room", "")), "invalid token");
+}
+
+#[test]
+fn join_publish_leave() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut alice = Client::connect(&ctx, 1);
+    let mut bob = Client::connect(&ctx, 2);
+    alice.login("jwt-alice");
+    bob.login("jwt-bob");
+    for client in [&mut alice, &mut bob] {
+        let joined = client.ask("join", "room", "");
+        assert_eq!(joined["type"], "joined");
+        assert_eq!(joined["data"], "room");
+        assert!(joined.get("recovered").is_none());
+    }
+    assert_eq!(alice.send("chan_in", "hi", "room"), Next::Continue);
+    let sent = alice.replies();
+    assert_eq!(sent[0]["type"], "ok");
+    for got in [&sent[1], &bob.replies()[0]] {
+        assert_eq!(got["type"], "chan_out");
+        assert_eq!(got["data"], "hi");
+        assert_eq!(got["channel"], "room");
+        assert_eq!(got["sid"], alice.sid.as_str());
+    }
+    let left = bob.ask("leave", "room", "");
+    assert_eq!(
+        (&left["type"], &left["data"]),
+        (&"left".into(), &"room".into())
+    );
+    alice.send("chan_in", "again", "room");
+    assert_eq!(alice.replies().len(), 2, "ok and its own copy");
+    assert!(bob.replies().is_empty(), "bob left");
+    // Leaving a channel one is not in is answered the same way.
+    let left = bob.ask("leave", "never-joined", "");
+    assert_eq!(left["type"], "left");
+}
+
+#[test]
+fn database_channel_join_and_resume_flag() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut client = Client::connect(&ctx, 1);
+    client.login("jwt-alice");
+    let joined = client.ask("join", "db-tasks_760_", "");
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(joined["data"], "db-tasks_760_");
+    let message = serde_json::json!({
+        "sid": client.sid, "type": "join", "data": "db-notes", "token": client.token,
+        "since": "0/1",
+    });
+    client.send_raw(&message.to_string());
+    let joined = &client.replies()[0];
+    assert_eq!(joined["type"], "joined");
+    assert_eq!(
+        joined["recovered"], false,
+        "an empty window holds nothing after 0/1"
+    );
+}
+
+#[test]
+fn channel_limit_counts_distinct_channels() {
+    let config = WsConfig {
+        max_channels: 2,
+        ..WsConfig::default()
+    };
+    let ctx = context(config, 10);
+    let mut client = Client::connect(&ctx, 1);
+    client.login("jwt-alice");
+    assert_eq!(client.ask("join", "a", "")["type"], "joined");
+    assert_eq!(client.ask("join", "b", "")["type"], "joined");
+    assert_eq!(client.ask("join", "a", "")["type"], "joined", "rejoining");
+    assert_eq!(
+        error_text(&client.ask("join", "c", "")),
+        "channel limit reached"
+    );
+    client.ask("leave", "a", "");
+    assert_eq!(client.ask("join", "c", "")["type"], "joined");
+}
+
+#[test]
+fn reauth_starts_clean() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut alice = Client::connect(&ctx, 1);
+    let mut watcher = Client::connect(&ctx, 2);
+    watcher.login("jwt-bob");
+    watcher.ask("join", "room", "");
+    alice.login("jwt-alice");
+    alice.ask("join", "room", "");
+    let old_token = alice.token.clone();
+    alice.login("jwt-bob");
+    assert_ne!(alice.token, old_token);
+    watcher.send("chan_in", "x", "room");
+    assert_eq!(watcher.replies().len(), 2, "ok and its own copy");
+    assert!(
+        alice.replies().is_empty(),
+        "the old identity's channels are left"
+    );
+}
+
+#[test]
+fn app_connection_limit_closes_with_1013() {
+    let ctx = context(WsConfig::default(), 1);
+    let mut first = Client::connect(&ctx, 1);
+    first.login("jwt-alice");
+    let mut second = Client::connect(&ctx, 2);
+    assert_eq!(
+        second.send("auth", "jwt-bob", ""),
+        Next::Close(CloseReason::ConnectionLimit)
+    );
+    assert_eq!(error_text(&second.replies()[0]), "connection limit reached");
+    drop(first);
+    second.login("jwt-bob");
+}
+
+#[test]
+fn rate_limit_answers_past_the_burst() {
+    let config = WsConfig {
+        rate_per_sec: 1,
+        rate_burst: 2,
+        ..WsConfig::default()
+    };
+    let ctx = context(config, 10);
+    let mut client = Client::connect(&ctx, 1);
+    assert_eq!(client.ask("echo", "1", "")["type"], "echo");
+    assert_eq!(client.ask("echo", "2", "")["type"], "echo");
+    assert_eq!(
+        error_text(&client.ask("echo", "3", "")),
+        "rate limit exceeded"
+    );
+}
