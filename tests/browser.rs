@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::Client;
 use walcast::config::Settings;
 use walcast::gateway::Gateway;
-use walcast_replication::cluster::{Cluster, ClusterOptions};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// Bound on every wait: generous for a loaded CI machine, short enough not to hang it.
 const WAIT: Duration = Duration::from_secs(30);
@@ -222,10 +222,10 @@ async fn demo_pages_follow_sql_and_chat_across_a_gateway_restart() {
         .await
         .unwrap_or_else(|e| panic!("headless Chromium: {e}"));
 
-    let cluster = Cluster::start(ClusterOptions::default())
+    let postgres = EmbeddedPostgres::start(EmbeddedOptions::default())
         .await
         .expect("start private PostgreSQL");
-    let url = cluster.create_database().await.expect("create database");
+    let url = postgres.create_database().await.expect("create database");
     let mut db = connect(&url).await;
     walcast::schema::migrate(&mut db, true)
         .await
@@ -405,5 +405,5 @@ async fn demo_pages_follow_sql_and_chat_across_a_gateway_restart() {
 
     browser.close().await;
     gateway.shutdown().await;
-    cluster.stop().await.expect("stop PostgreSQL");
+    postgres.stop().await.expect("stop PostgreSQL");
 }

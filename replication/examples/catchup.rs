@@ -13,7 +13,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use walcast_replication::cluster::{Cluster, ClusterOptions};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use walcast_replication::{Lsn, PublicationScope, ReplicationConfig, ReplicationStream};
 
 struct Args {
@@ -47,16 +47,16 @@ fn args() -> Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args();
-    let cluster = Cluster::start(ClusterOptions {
+    let postgres = EmbeddedPostgres::start(EmbeddedOptions {
         extra_conf: vec![
             ("max_wal_size".into(), "8GB".into()),
             ("shared_buffers".into(), "256MB".into()),
         ],
-        ..ClusterOptions::default()
+        ..EmbeddedOptions::default()
     })
     .await?;
-    let url = cluster.create_database().await?;
-    let client = cluster
+    let url = postgres.create_database().await?;
+    let client = postgres
         .client(url.rsplit('/').next().unwrap_or("postgres"))
         .await?;
     client
@@ -126,7 +126,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
                 ours.push(d);
             } else {
-                let d = recvlogical(&cluster, &url, &format!("recvlogical_{r}"), end).await?;
+                let d = recvlogical(&postgres, &url, &format!("recvlogical_{r}"), end).await?;
                 println!(
                     "round {r}: pg_recvlogical      {:>8.3} s  {:>10.0} rows/s",
                     d.as_secs_f64(),
@@ -145,7 +145,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "best: walcast-replication {a:.0} rows/s, pg_recvlogical {b:.0} rows/s, ratio {:.2}x",
         a / b
     );
-    cluster.stop().await?;
+    postgres.stop().await?;
     Ok(())
 }
 
@@ -200,13 +200,13 @@ fn process_cpu() -> Option<Duration> {
 
 /// `pg_recvlogical` on the same kind of slot, writing to /dev/null, until `end`.
 async fn recvlogical(
-    cluster: &Cluster,
+    postgres: &EmbeddedPostgres,
     url: &str,
     slot: &str,
     end: Lsn,
 ) -> Result<Duration, Box<dyn std::error::Error>> {
     let t = Instant::now();
-    let status = tokio::process::Command::new(cluster.bin_dir().join("pg_recvlogical"))
+    let status = tokio::process::Command::new(postgres.bin_dir().join("pg_recvlogical"))
         .args([
             "-d",
             url,

@@ -41,15 +41,15 @@
 //! - [`transaction`] — relation cache and assembly of messages into [`Transaction`]s.
 //! - [`progress`] — [`Confirmer`] and [`ProgressHandle`] shared with the reader task.
 //! - [`stream`] — [`ReplicationStream`], the reader task, feedback and shutdown.
-//! - `cluster` (feature `cluster`) — a private PostgreSQL started from the installed binaries,
+//! - `embedded` (feature `embedded`) — a private PostgreSQL started from the installed binaries,
 //!   for tests and embedded use.
 
 pub mod admin;
-#[cfg(feature = "cluster")]
-pub mod cluster;
 pub mod config;
 mod connection;
 mod copy_data;
+#[cfg(feature = "embedded")]
+pub mod embedded;
 pub mod error;
 pub mod lsn;
 pub mod pgoutput;

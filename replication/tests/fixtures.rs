@@ -146,10 +146,10 @@ fn truncated_fixtures_fail_cleanly() {
 #[tokio::test]
 #[ignore]
 async fn capture() {
-    use walcast_replication::cluster::ClusterOptions;
-    let db = support::Db::with(ClusterOptions {
+    use walcast_replication::embedded::EmbeddedOptions;
+    let db = support::Db::with(EmbeddedOptions {
         extra_conf: vec![("logical_decoding_work_mem".into(), "64kB".into())],
-        ..ClusterOptions::default()
+        ..EmbeddedOptions::default()
     })
     .await;
     db.exec(

@@ -1,13 +1,13 @@
-//! Replication against a real PostgreSQL started privately per test (feature `cluster`).
+//! Replication against a real PostgreSQL started privately per test (feature `embedded`).
 
-#![cfg(feature = "cluster")]
+#![cfg(feature = "embedded")]
 
 mod support;
 
 use std::time::Duration;
 
 use support::{assert_quiet, next, Db};
-use walcast_replication::cluster::ClusterOptions;
+use walcast_replication::embedded::EmbeddedOptions;
 use walcast_replication::{
     Change, Lsn, OldTuple, PublicationScope, ReplicaIdentity, ReplicationConfig, ReplicationError,
     ReplicationStream, Value,
@@ -318,9 +318,9 @@ async fn restart_from_confirmed_position_loses_and_repeats_nothing() {
 
 #[tokio::test]
 async fn idle_stream_outlives_wal_sender_timeout_and_slot_advances() {
-    let db = Db::with(ClusterOptions {
+    let db = Db::with(EmbeddedOptions {
         extra_conf: vec![("wal_sender_timeout".into(), "2s".into())],
-        ..ClusterOptions::default()
+        ..EmbeddedOptions::default()
     })
     .await;
     db.exec("CREATE TABLE watched (id int); CREATE TABLE other (id int)")
@@ -362,10 +362,10 @@ async fn idle_stream_outlives_wal_sender_timeout_and_slot_advances() {
 }
 
 async fn password_login(method: &str) {
-    let db = Db::with(ClusterOptions {
+    let db = Db::with(EmbeddedOptions {
         extra_conf: vec![("password_encryption".into(), method.into())],
         extra_hba: vec![format!("host all walcast_repl 127.0.0.1/32 {method}")],
-        ..ClusterOptions::default()
+        ..EmbeddedOptions::default()
     })
     .await;
     db.exec(
@@ -391,7 +391,7 @@ async fn password_login(method: &str) {
     let conninfo = |password: &str| {
         format!(
             "host=127.0.0.1 port={} user=walcast_repl password='{password}' dbname={}",
-            db.cluster.port(),
+            db.postgres.port(),
             db.dbname()
         )
     };
@@ -435,8 +435,8 @@ async fn unix_socket_temporary_slot_messages_and_backpressure() {
     let config = ReplicationConfig {
         conninfo: format!(
             "host={} port={} user=postgres dbname={}",
-            db.cluster.socket_dir().display(),
-            db.cluster.port(),
+            db.postgres.socket_dir().display(),
+            db.postgres.port(),
             db.dbname()
         ),
         slot: "temp_slot_1".into(),
@@ -487,7 +487,7 @@ async fn unix_socket_temporary_slot_messages_and_backpressure() {
 async fn server_errors_carry_sqlstate() {
     let db = Db::start().await;
     let err = ReplicationStream::start(ReplicationConfig {
-        conninfo: db.cluster.url("no_such_db"),
+        conninfo: db.postgres.url("no_such_db"),
         ..ReplicationConfig::default()
     })
     .await
@@ -534,17 +534,18 @@ async fn creation_is_idempotent() {
 }
 
 #[test]
-fn cluster_is_stopped_and_removed_when_a_test_panics() {
+fn embedded_postgres_is_stopped_and_removed_when_a_test_panics() {
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let cluster = walcast_replication::cluster::Cluster::start(ClusterOptions::default())
-                .await
+            let postgres =
+                walcast_replication::embedded::EmbeddedPostgres::start(EmbeddedOptions::default())
+                    .await
+                    .unwrap();
+            tx.send((postgres.port(), postgres.data_dir().to_path_buf()))
                 .unwrap();
-            tx.send((cluster.port(), cluster.data_dir().to_path_buf()))
-                .unwrap();
-            panic!("test failure while the cluster runs");
+            panic!("test failure while the postgres runs");
         })
     })
     .join();
@@ -628,25 +629,25 @@ async fn slow_consumer_pauses_reading_and_postgres_keeps_the_wal() {
 /// A test binary killed outright (no unwinding, no Drop) must not leak its server: the watchdog
 /// notices the process is gone and stops it.
 #[test]
-fn cluster_is_stopped_when_the_process_dies_without_drop() {
+fn embedded_postgres_is_stopped_when_the_process_dies_without_drop() {
     if std::env::var_os("WALCAST_CLUSTER_ABORT_CHILD").is_some() {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let cluster = rt
-            .block_on(walcast_replication::cluster::Cluster::start(
-                ClusterOptions::default(),
+        let postgres = rt
+            .block_on(walcast_replication::embedded::EmbeddedPostgres::start(
+                EmbeddedOptions::default(),
             ))
             .unwrap();
         println!(
             "CLUSTER {} {}",
-            cluster.port(),
-            cluster.data_dir().display()
+            postgres.port(),
+            postgres.data_dir().display()
         );
         std::process::abort();
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "cluster_is_stopped_when_the_process_dies_without_drop",
+            "embedded_postgres_is_stopped_when_the_process_dies_without_drop",
             "--nocapture",
         ])
         .env("WALCAST_CLUSTER_ABORT_CHILD", "1")
@@ -656,7 +657,7 @@ fn cluster_is_stopped_when_the_process_dies_without_drop() {
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("CLUSTER "))
-        .unwrap_or_else(|| panic!("child did not start a cluster: {stdout}"));
+        .unwrap_or_else(|| panic!("child did not start a postgres: {stdout}"));
     let (port, data_dir) = line.split_once(' ').unwrap();
     let port: u16 = port.parse().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -683,37 +684,37 @@ async fn persistent_data_dir_is_reused_and_deep_paths_work() {
         .join("a".repeat(60))
         .join("b".repeat(40))
         .join("pgdata");
-    let opts = ClusterOptions {
+    let opts = EmbeddedOptions {
         data_dir: Some(data_dir.clone()),
-        ..ClusterOptions::default()
+        ..EmbeddedOptions::default()
     };
-    let cluster = walcast_replication::cluster::Cluster::start(opts.clone())
+    let postgres = walcast_replication::embedded::EmbeddedPostgres::start(opts.clone())
         .await
         .unwrap();
-    assert_ne!(cluster.socket_dir(), data_dir.as_path());
-    let client = cluster.client("postgres").await.unwrap();
+    assert_ne!(postgres.socket_dir(), data_dir.as_path());
+    let client = postgres.client("postgres").await.unwrap();
     client
         .batch_execute("CREATE TABLE kept (id int); INSERT INTO kept VALUES (42)")
         .await
         .unwrap();
     drop(client);
-    cluster.stop().await.unwrap();
+    postgres.stop().await.unwrap();
     assert!(
         data_dir.join("PG_VERSION").exists(),
         "persistent data survives stop"
     );
 
-    let cluster = walcast_replication::cluster::Cluster::start(opts)
+    let postgres = walcast_replication::embedded::EmbeddedPostgres::start(opts)
         .await
         .unwrap();
-    let client = cluster.client("postgres").await.unwrap();
+    let client = postgres.client("postgres").await.unwrap();
     let n: i32 = client
         .query_one("SELECT id FROM kept", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(n, 42);
-    drop(cluster);
+    drop(postgres);
     assert!(
         data_dir.join("PG_VERSION").exists(),
         "drop stops but never deletes persistent data"
@@ -725,10 +726,10 @@ async fn server_shutdown_surfaces_as_one_error_then_end_of_stream() {
     let db = Db::start().await;
     let mut stream = ReplicationStream::start(db.config()).await.unwrap();
     let Db {
-        cluster, client, ..
+        postgres, client, ..
     } = db;
     drop(client);
-    cluster.stop().await.unwrap();
+    postgres.stop().await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(30), stream.recv())
         .await
         .expect("stream noticed the shutdown");

@@ -36,7 +36,7 @@ pub enum BenchError {
     #[error("invalid websocket url `{0}` (expected ws://host:port/path)")]
     Url(String),
     #[error("cannot start the private PostgreSQL")]
-    Cluster(#[source] walcast_replication::cluster::ClusterError),
+    EmbeddedPostgres(#[source] walcast_replication::embedded::EmbeddedError),
     #[error("PostgreSQL error")]
     Database(#[source] tokio_postgres::Error),
     #[error("applying the schema failed")]

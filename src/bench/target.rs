@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use walcast_replication::cluster::{Cluster, ClusterOptions};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// How the child gateway is started.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct Target {
     pub database_url: Option<String>,
     pub description: String,
     child: Option<Child>,
-    cluster: Option<Cluster>,
+    postgres: Option<EmbeddedPostgres>,
 }
 
 /// `ws://host:port/path` → (address, path).
@@ -64,7 +64,7 @@ impl Target {
             database_url,
             description: format!("external server at {url}"),
             child: None,
-            cluster: None,
+            postgres: None,
         })
     }
 
@@ -73,23 +73,23 @@ impl Target {
         launch: &GatewayLaunch,
         database_url: Option<String>,
     ) -> Result<Target, BenchError> {
-        let (cluster, url) = match database_url {
+        let (postgres, url) = match database_url {
             Some(url) => (None, url),
             None => {
-                let cluster = Cluster::start(ClusterOptions {
+                let postgres = EmbeddedPostgres::start(EmbeddedOptions {
                     // Temporary clusters run with fsync off. synchronous_commit stays on: with it
                     // off, WAL reaches the walsender only at the WAL writer's next flush
                     // (wal_writer_delay, 200 ms), which would dominate commit→client latency.
                     extra_conf: vec![("max_connections".into(), "200".into())],
-                    ..ClusterOptions::default()
+                    ..EmbeddedOptions::default()
                 })
                 .await
-                .map_err(BenchError::Cluster)?;
-                let url = cluster
+                .map_err(BenchError::EmbeddedPostgres)?;
+                let url = postgres
                     .create_database()
                     .await
-                    .map_err(BenchError::Cluster)?;
-                (Some(cluster), url)
+                    .map_err(BenchError::EmbeddedPostgres)?;
+                (Some(postgres), url)
             }
         };
         let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
@@ -133,7 +133,7 @@ impl Target {
             database_url: Some(url),
             description: format!("walcast serve (child process, pid {})", pid.unwrap_or(0)),
             child: Some(child),
-            cluster,
+            postgres,
         };
         target.wait_ready(Duration::from_secs(30)).await?;
         Ok(target)
@@ -173,8 +173,8 @@ impl Target {
                 let _ = child.kill().await;
             }
         }
-        if let Some(cluster) = self.cluster.take() {
-            let _ = cluster.stop().await;
+        if let Some(postgres) = self.postgres.take() {
+            let _ = postgres.stop().await;
         }
     }
 }

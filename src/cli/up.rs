@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use walcast::config::{ServeArgs, DEFAULT_LISTEN};
 use walcast::gateway::Gateway;
-use walcast_replication::cluster::{Cluster, ClusterOptions};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -29,7 +29,7 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
-    let mut cluster = None;
+    let mut postgres = None;
     let database_url = match args.database_url.clone() {
         Some(url) => url,
         None => {
@@ -40,16 +40,16 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 if fresh { "Initialising" } else { "Starting" },
                 data_dir.display()
             );
-            let started = with_progress(Cluster::start(ClusterOptions {
+            let started = with_progress(EmbeddedPostgres::start(EmbeddedOptions {
                 data_dir: Some(data_dir),
-                ..ClusterOptions::default()
+                ..EmbeddedOptions::default()
             }))
             .await
             .inspect_err(|_| eprintln!(" failed"))
             .context("starting the embedded PostgreSQL")?;
             eprintln!(" ready on port {}", started.port());
             let url = started.url("postgres");
-            cluster = Some(started);
+            postgres = Some(started);
             url
         }
     };
@@ -93,9 +93,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
 
     signal.await;
     gateway.shutdown().await;
-    if let Some(cluster) = cluster {
+    if let Some(postgres) = postgres {
         eprint!("Stopping PostgreSQL … ");
-        cluster.stop().await.context("stopping PostgreSQL")?;
+        postgres.stop().await.context("stopping PostgreSQL")?;
         eprintln!("stopped");
     }
     Ok(())

@@ -17,7 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 use walcast::config::Settings;
 use walcast::gateway::Gateway;
-use walcast_replication::cluster::{Cluster, ClusterOptions};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 pub const SECRET: &str = "test-secret";
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -29,7 +29,7 @@ pub struct TestEnv {
     pub db: Client,
     pub settings: Settings,
     // Dropped last: stops PostgreSQL even when a test panics.
-    pub cluster: Cluster,
+    pub postgres: EmbeddedPostgres,
 }
 
 #[derive(Debug, Clone)]
@@ -58,10 +58,10 @@ impl TestEnv {
     }
 
     pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> TestEnv {
-        let cluster = Cluster::start(ClusterOptions::default())
+        let postgres = EmbeddedPostgres::start(EmbeddedOptions::default())
             .await
             .expect("start private PostgreSQL");
-        let url = cluster.create_database().await.expect("create database");
+        let url = postgres.create_database().await.expect("create database");
         let mut db = connect(&url).await;
         walcast::schema::migrate(&mut db, false)
             .await
@@ -79,7 +79,7 @@ impl TestEnv {
             url,
             db,
             settings,
-            cluster,
+            postgres,
         }
     }
 

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use walcast_replication::cluster::{Cluster, ClusterOptions};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use walcast_replication::{PublicationScope, ReplicationConfig, ReplicationStream, Transaction};
 
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(60);
@@ -15,24 +15,24 @@ pub const RECV_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Db {
     pub url: String,
     pub client: tokio_postgres::Client,
-    pub cluster: Cluster,
+    pub postgres: EmbeddedPostgres,
 }
 
 impl Db {
     pub async fn start() -> Db {
-        Db::with(ClusterOptions::default()).await
+        Db::with(EmbeddedOptions::default()).await
     }
 
-    pub async fn with(opts: ClusterOptions) -> Db {
-        let cluster = Cluster::start(opts)
+    pub async fn with(opts: EmbeddedOptions) -> Db {
+        let postgres = EmbeddedPostgres::start(opts)
             .await
             .expect("start private PostgreSQL");
-        let url = cluster.create_database().await.expect("create database");
+        let url = postgres.create_database().await.expect("create database");
         let client = connect(&url).await;
         Db {
             url,
             client,
-            cluster,
+            postgres,
         }
     }
 

@@ -8,23 +8,23 @@
 //! directory, so a panicking test leaves nothing behind; a watchdog process does the same if
 //! the owning process dies without running `Drop`.
 //!
-//! From another crate's tests (dev-dependency `walcast-replication` with feature `cluster`),
-//! one cluster per test works the same under `cargo test` and `cargo nextest`:
+//! From another crate's tests (dev-dependency `walcast-replication` with feature `embedded`),
+//! one instance per test works the same under `cargo test` and `cargo nextest`:
 //!
 //! ```no_run
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! use walcast_replication::cluster::{Cluster, ClusterOptions};
+//! use walcast_replication::embedded::{EmbeddedPostgres, EmbeddedOptions};
 //!
-//! let cluster = Cluster::start(ClusterOptions {
+//! let postgres = EmbeddedPostgres::start(EmbeddedOptions {
 //!     extra_conf: vec![("wal_sender_timeout".into(), "5s".into())],
-//!     ..ClusterOptions::default()
+//!     ..EmbeddedOptions::default()
 //! })
 //! .await?;
-//! let url = cluster.create_database().await?; // postgres://postgres@127.0.0.1:PORT/walcast_test_…
-//! let client = cluster.client(url.rsplit('/').next().unwrap_or("postgres")).await?;
+//! let url = postgres.create_database().await?; // postgres://postgres@127.0.0.1:PORT/walcast_test_…
+//! let client = postgres.client(url.rsplit('/').next().unwrap_or("postgres")).await?;
 //! client.batch_execute("CREATE TABLE t (id int)").await?;
 //! // … run the code under test against `url` …
-//! cluster.stop().await?; // or just drop it
+//! postgres.stop().await?; // or just drop it
 //! # Ok(()) }
 //! ```
 
@@ -36,9 +36,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use tracing::{debug, warn};
 
-/// How to start a [`Cluster`].
+/// How to start a [`EmbeddedPostgres`].
 #[derive(Debug, Clone)]
-pub struct ClusterOptions {
+pub struct EmbeddedOptions {
     /// Directory holding `initdb`, `pg_ctl` and `postgres`. `None`: `$WALCAST_PG_BIN`, then the
     /// newest `/usr/lib/postgresql/*/bin`, then `$PATH`.
     pub bin_dir: Option<PathBuf>,
@@ -57,9 +57,9 @@ pub struct ClusterOptions {
     pub superuser: String,
 }
 
-impl Default for ClusterOptions {
+impl Default for EmbeddedOptions {
     fn default() -> Self {
-        ClusterOptions {
+        EmbeddedOptions {
             bin_dir: None,
             data_dir: None,
             port: None,
@@ -73,7 +73,7 @@ impl Default for ClusterOptions {
 /// Why a cluster could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClusterError {
+pub enum EmbeddedError {
     #[error(
         "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found; searched {searched:?}. \
          Install PostgreSQL (Debian/Ubuntu: `apt-get install postgresql`), set WALCAST_PG_BIN to \
@@ -99,18 +99,18 @@ pub enum ClusterError {
     Start { log: String },
     #[error("pg_ctl stop failed: {stderr}")]
     Stop { stderr: String },
-    #[error("SQL on the private cluster failed")]
+    #[error("SQL on the private postgres failed")]
     Sql(#[source] tokio_postgres::Error),
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> ClusterError {
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> EmbeddedError {
     let context = context.into();
-    move |source| ClusterError::Io { context, source }
+    move |source| EmbeddedError::Io { context, source }
 }
 
 /// A running private PostgreSQL.
 #[derive(Debug)]
-pub struct Cluster {
+pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     data_dir: PathBuf,
     socket_dir: PathBuf,
@@ -131,15 +131,15 @@ pub struct Cluster {
 
 static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-impl Cluster {
+impl EmbeddedPostgres {
     /// Initialises (when needed) and starts a cluster; returns once it accepts connections.
-    pub async fn start(opts: ClusterOptions) -> Result<Cluster, ClusterError> {
+    pub async fn start(opts: EmbeddedOptions) -> Result<EmbeddedPostgres, EmbeddedError> {
         let bin_dir = match opts.bin_dir.clone() {
             Some(dir) => dir,
             None => find_bin_dir()?,
         };
         if !has_binaries(&bin_dir) {
-            return Err(ClusterError::MissingBinaries {
+            return Err(EmbeddedError::MissingBinaries {
                 searched: vec![bin_dir],
             });
         }
@@ -153,7 +153,7 @@ impl Cluster {
                 let temp = tempfile::Builder::new()
                     .prefix("walcast-pg-")
                     .tempdir_in(std::env::temp_dir())
-                    .map_err(io_err("creating the cluster's temporary directory"))?;
+                    .map_err(io_err("creating the postgres's temporary directory"))?;
                 let base = temp.path().to_path_buf();
                 if let Some((uid, gid)) = owner {
                     chown(&base, uid, gid)?;
@@ -197,7 +197,7 @@ impl Cluster {
         } else {
             socket_dir
         };
-        let mut cluster = Cluster {
+        let mut postgres = EmbeddedPostgres {
             bin_dir,
             data_dir,
             socket_dir,
@@ -210,8 +210,8 @@ impl Cluster {
             running: false,
             watchdog: None,
         };
-        if !cluster.data_dir.join("PG_VERSION").exists() {
-            cluster.initdb(&opts).await?;
+        if !postgres.data_dir.join("PG_VERSION").exists() {
+            postgres.initdb(&opts).await?;
         }
         // A free port can be taken between probing and binding; retry with another one.
         let attempts = if opts.port.is_some() { 1 } else { 3 };
@@ -221,19 +221,19 @@ impl Cluster {
                 Some(p) => p,
                 None => free_port()?,
             };
-            cluster.port = port;
-            cluster.write_conf(&opts)?;
-            match cluster.pg_ctl_start().await {
+            postgres.port = port;
+            postgres.write_conf(&opts)?;
+            match postgres.pg_ctl_start().await {
                 Ok(()) => {
-                    cluster.running = true;
-                    cluster.watchdog = cluster.spawn_watchdog();
-                    debug!(port, data_dir = %cluster.data_dir.display(), "private PostgreSQL started");
-                    return Ok(cluster);
+                    postgres.running = true;
+                    postgres.watchdog = postgres.spawn_watchdog();
+                    debug!(port, data_dir = %postgres.data_dir.display(), "private PostgreSQL started");
+                    return Ok(postgres);
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or(ClusterError::Start { log: String::new() }))
+        Err(last.unwrap_or(EmbeddedError::Start { log: String::new() }))
     }
 
     pub fn port(&self) -> u16 {
@@ -270,20 +270,20 @@ impl Cluster {
     }
 
     /// A tokio-postgres client on `dbname` as the superuser; its connection task is spawned.
-    pub async fn client(&self, dbname: &str) -> Result<tokio_postgres::Client, ClusterError> {
+    pub async fn client(&self, dbname: &str) -> Result<tokio_postgres::Client, EmbeddedError> {
         let (client, conn) = tokio_postgres::connect(&self.url(dbname), tokio_postgres::NoTls)
             .await
-            .map_err(ClusterError::Sql)?;
+            .map_err(EmbeddedError::Sql)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                debug!(error = %e, "private cluster client connection ended");
+                debug!(error = %e, "private postgres client connection ended");
             }
         });
         Ok(client)
     }
 
     /// Creates a fresh, uniquely named database and returns its URL.
-    pub async fn create_database(&self) -> Result<String, ClusterError> {
+    pub async fn create_database(&self) -> Result<String, EmbeddedError> {
         let name = format!(
             "walcast_test_{}_{}",
             std::process::id(),
@@ -293,12 +293,12 @@ impl Cluster {
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
-            .map_err(ClusterError::Sql)?;
+            .map_err(EmbeddedError::Sql)?;
         Ok(self.url(&name))
     }
 
     /// Stops the server (`pg_ctl stop -m fast`) and removes a temporary directory.
-    pub async fn stop(mut self) -> Result<(), ClusterError> {
+    pub async fn stop(mut self) -> Result<(), EmbeddedError> {
         let out = self
             .command("pg_ctl")
             .args(["stop", "-w", "-m", "fast", "-D"])
@@ -310,7 +310,7 @@ impl Cluster {
         self.running = false;
         self.stop_watchdog();
         if !out.status.success() {
-            return Err(ClusterError::Stop {
+            return Err(EmbeddedError::Stop {
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
@@ -344,7 +344,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| warn!(error = %e, "could not start the cluster watchdog"))
+            .map_err(|e| warn!(error = %e, "could not start the postgres watchdog"))
             .ok()
     }
 
@@ -377,7 +377,7 @@ impl Cluster {
         cmd
     }
 
-    async fn initdb(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
+    async fn initdb(&self, opts: &EmbeddedOptions) -> Result<(), EmbeddedError> {
         let out = self
             .command("initdb")
             .arg("-D")
@@ -396,7 +396,7 @@ impl Cluster {
             .await
             .map_err(io_err("running initdb"))?;
         if !out.status.success() {
-            return Err(ClusterError::InitDb {
+            return Err(EmbeddedError::InitDb {
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
             });
         }
@@ -417,7 +417,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn write_conf(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
+    fn write_conf(&self, opts: &EmbeddedOptions) -> Result<(), EmbeddedError> {
         let temporary = self.temp.is_some();
         let mut settings: Vec<(String, String)> = vec![
             ("listen_addresses".into(), "127.0.0.1".into()),
@@ -445,7 +445,7 @@ impl Cluster {
         Ok(())
     }
 
-    async fn pg_ctl_start(&self) -> Result<(), ClusterError> {
+    async fn pg_ctl_start(&self) -> Result<(), EmbeddedError> {
         // The log lives outside PGDATA for temporary clusters; it must be writable by the owner.
         let status = self
             .command("pg_ctl")
@@ -463,11 +463,11 @@ impl Cluster {
             return Ok(());
         }
         let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        Err(ClusterError::Start { log })
+        Err(EmbeddedError::Start { log })
     }
 }
 
-impl Drop for Cluster {
+impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
         self.stop_watchdog();
         if !self.running {
@@ -513,7 +513,7 @@ fn has_binaries(dir: &Path) -> bool {
 }
 
 /// `$WALCAST_PG_BIN`, then the newest `/usr/lib/postgresql/<major>/bin`, then `$PATH`.
-pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
+pub fn find_bin_dir() -> Result<PathBuf, EmbeddedError> {
     let mut searched = Vec::new();
     if let Some(dir) = std::env::var_os("WALCAST_PG_BIN") {
         let dir = PathBuf::from(dir);
@@ -548,10 +548,10 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
             searched.push(dir);
         }
     }
-    Err(ClusterError::MissingBinaries { searched })
+    Err(EmbeddedError::MissingBinaries { searched })
 }
 
-fn free_port() -> Result<u16, ClusterError> {
+fn free_port() -> Result<u16, EmbeddedError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_err("finding a free port"))?;
     let port = listener
         .local_addr()
@@ -577,16 +577,16 @@ async fn is_root() -> bool {
     id(&["-u"]).await == Some(0)
 }
 
-async fn postgres_owner() -> Result<(u32, u32), ClusterError> {
+async fn postgres_owner() -> Result<(u32, u32), EmbeddedError> {
     match (id(&["-u", "postgres"]).await, id(&["-g", "postgres"]).await) {
         (Some(uid), Some(gid)) => Ok((uid, gid)),
-        _ => Err(ClusterError::NoPostgresUser),
+        _ => Err(EmbeddedError::NoPostgresUser),
     }
 }
 
 /// As root the server runs as `postgres`: every directory above `dir` must let others traverse
 /// it, or initdb fails with a bare "Permission denied".
-fn reachable_by_others(dir: &Path) -> Result<(), ClusterError> {
+fn reachable_by_others(dir: &Path) -> Result<(), EmbeddedError> {
     use std::os::unix::fs::PermissionsExt;
     for ancestor in dir.ancestors().skip(1) {
         let mode = std::fs::metadata(ancestor)
@@ -594,7 +594,7 @@ fn reachable_by_others(dir: &Path) -> Result<(), ClusterError> {
             .permissions()
             .mode();
         if mode & 0o001 == 0 {
-            return Err(ClusterError::Unreachable {
+            return Err(EmbeddedError::Unreachable {
                 data_dir: dir.to_owned(),
                 blocked: ancestor.to_owned(),
             });
@@ -603,7 +603,7 @@ fn reachable_by_others(dir: &Path) -> Result<(), ClusterError> {
     Ok(())
 }
 
-fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), ClusterError> {
+fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), EmbeddedError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
         .map_err(io_err(format!("chown {} to postgres", path.display())))
 }
@@ -622,7 +622,7 @@ mod reachability_tests {
         std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
         match reachable_by_others(&data) {
-            Err(ClusterError::Unreachable { blocked, .. }) => assert_eq!(blocked, private),
+            Err(EmbeddedError::Unreachable { blocked, .. }) => assert_eq!(blocked, private),
             other => panic!("expected Unreachable, got {other:?}"),
         }
         std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
