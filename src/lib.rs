@@ -32,7 +32,6 @@
 //! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
 
 pub mod auth;
-pub mod bench;
 pub mod config;
 pub mod db;
 pub mod event;

@@ -49,6 +49,19 @@ pub async fn apply(client: &mut Client, script: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Connects to `url` and applies [`migrate`] over a connection of its own, closed afterwards
+/// (`walcast migrate`, `walcast up`, the gateway `walcast bench` starts).
+pub async fn migrate_url(url: &str, with_demo: bool) -> Result<(), DbError> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(DbError::Connect)?;
+    let connection = tokio::spawn(connection);
+    let migrated = migrate(&mut client, with_demo).await;
+    drop(client);
+    let _ = connection.await;
+    migrated
+}
+
 /// `walcast migrate`: the StaticBackend layout, then the gateway's own preparation.
 pub async fn migrate(client: &mut Client, with_demo: bool) -> Result<(), DbError> {
     apply(client, STATICBACKEND).await?;

@@ -44,7 +44,7 @@ pub enum Command {
     /// Print every document change as one JSON object per line.
     Tail(tail::TailArgs),
     /// Measure throughput and latency against a gateway.
-    Bench(bench::BenchArgs),
+    Bench(bench::command::BenchArgs),
     /// Print a StaticBackend session JWT for a user.
     Token {
         #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
@@ -78,14 +78,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Up(args) => up::run(args).await,
         Command::Tail(args) => tail::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
+        Command::Bench(args) => bench::command::run(args).await,
         Command::Migrate { database_url, demo } => {
-            let (mut client, connection) =
-                tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
-                    .await
-                    .context("connecting to PostgreSQL")?;
-            tokio::spawn(connection);
-            walcast::schema::migrate(&mut client, demo)
+            walcast::schema::migrate_url(&database_url, demo)
                 .await
                 .context("applying schema")?;
             println!("schema applied");

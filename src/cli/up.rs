@@ -54,11 +54,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         }
     };
     eprint!("Applying schema and demo app … ");
-    let (mut client, connection) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    tokio::spawn(connection);
-    walcast::schema::migrate(&mut client, true)
+    walcast::schema::migrate_url(&database_url, true)
         .await
         .context("applying schema")?;
     eprintln!("done");

@@ -14,6 +14,7 @@
 
 mod channel;
 mod client;
+pub mod command;
 mod db;
 mod idle;
 mod latency;
@@ -23,8 +24,8 @@ mod subscriber;
 mod target;
 mod tenants;
 
-pub use report::{Latency, LoadGenerator, Report, Server};
-pub use target::GatewayLaunch;
+use report::{Latency, Report, Server};
+use target::GatewayLaunch;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ pub enum BenchError {
     #[error("PostgreSQL error")]
     Database(#[source] tokio_postgres::Error),
     #[error("applying the schema failed")]
-    Schema(#[source] crate::db::DbError),
+    Schema(#[source] walcast::db::DbError),
     #[error("cannot start the gateway process")]
     Spawn(#[source] std::io::Error),
     #[error("the gateway process exited: {0}")]

@@ -75,7 +75,7 @@ pub async fn create(
         .map(|((account, user), token)| BenchUser {
             account,
             user,
-            jwt: crate::auth::issue_token(jwt_secret.as_bytes(), user, token, 24 * 3600),
+            jwt: walcast::auth::issue_token(jwt_secret.as_bytes(), user, token, 24 * 3600),
         })
         .collect())
 }

@@ -4,14 +4,15 @@
 
 use super::client::{close_code, WsConn, OP_CLOSE, OP_TEXT};
 use super::latency::{now_us, read_stamp, Recorder};
-use super::BenchError;
-use crate::protocol::CloseReason;
+use super::target::Target;
+use super::{BenchError, Options};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use walcast::protocol::CloseReason;
 
 /// What every subscriber task shares.
 pub struct Shared {
@@ -42,6 +43,45 @@ pub struct Spec {
     pub source: IpAddr,
     pub jwt: Arc<str>,
     pub channel: Arc<str>,
+}
+
+/// How the subscribers of one run connect: subscriber `id` spreads over the loopback source
+/// addresses and takes the JWTs round robin (one user per account in `db` and `idle`).
+pub struct Fleet {
+    server: SocketAddr,
+    path: Arc<str>,
+    source_addrs: usize,
+    jwts: Vec<Arc<str>>,
+    channel: Arc<str>,
+}
+
+impl Fleet {
+    /// `jwts` must not be empty.
+    pub fn new(target: &Target, options: &Options, jwts: Vec<Arc<str>>, channel: &str) -> Fleet {
+        Fleet {
+            server: target.addr,
+            path: target.path.as_str().into(),
+            source_addrs: options.source_addrs,
+            jwts,
+            channel: channel.into(),
+        }
+    }
+
+    pub fn spec(&self, id: usize) -> Spec {
+        Spec {
+            id,
+            server: self.server,
+            path: Arc::clone(&self.path),
+            source: source_for(self.server, id, self.source_addrs),
+            jwt: Arc::clone(&self.jwts[id % self.jwts.len()]),
+            channel: Arc::clone(&self.channel),
+        }
+    }
+
+    /// Subscribers `0..count`.
+    pub fn specs(&self, count: usize) -> Vec<Spec> {
+        (0..count).map(|id| self.spec(id)).collect()
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,12 +120,19 @@ pub fn spawn(
     })
 }
 
-pub async fn setup(spec: &Spec) -> Result<WsConn, BenchError> {
+/// Connects and authenticates; returns the connection, its sid and its websocket token.
+pub async fn login(spec: &Spec) -> Result<(WsConn, String, String), BenchError> {
     let mut conn = WsConn::connect(spec.server, spec.source, &spec.path).await?;
     let sid = conn.expect("init").await?.data;
     conn.send_text(&message(&sid, "auth", &spec.jwt, "", ""))
         .await?;
     let token = conn.expect("token").await?.data;
+    Ok((conn, sid, token))
+}
+
+/// Connects, authenticates and joins the spec's channel.
+pub async fn setup(spec: &Spec) -> Result<WsConn, BenchError> {
+    let (mut conn, sid, token) = login(spec).await?;
     conn.send_text(&message(&sid, "join", &spec.channel, "", &token))
         .await?;
     conn.expect("joined").await?;

@@ -1,8 +1,8 @@
-//! `walcast bench`: end-to-end throughput and latency (see `walcast::bench`).
+//! The `walcast bench` command line: flags → [`Options`](super::Options), report printed.
 
+use super::{Options, Scenario};
 use anyhow::{Context, Result};
 use std::time::Duration;
-use walcast::bench::{Options, Scenario};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ScenarioArg {
@@ -116,9 +116,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             options.connections
         );
     }
-    let report = walcast::bench::run(options)
-        .await
-        .context("benchmark failed")?;
+    let report = super::run(options).await.context("benchmark failed")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -2,7 +2,7 @@
 //! writer connections insert rows whose `data` carries the send time and a per-account sequence.
 
 use super::latency::{now_us, stamp};
-use super::subscriber::{self, Shared, Spec};
+use super::subscriber::{self, Fleet, Shared};
 use super::target::Target;
 use super::tenants::{self, BenchUser};
 use super::{base_report, fill_deliveries, measure, over_window, BenchError, Load, Options};
@@ -23,19 +23,9 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     drop(setup_client);
 
     let shared = Shared::new(options.setup_concurrency);
-    let path: Arc<str> = target.path.as_str().into();
-    let channel: Arc<str> = format!("db-{}", tenants::REPO).into();
     let jwts: Vec<Arc<str>> = users.iter().map(|u| u.jwt.as_str().into()).collect();
-    let specs = (0..options.connections)
-        .map(|id| Spec {
-            id,
-            server: target.addr,
-            path: Arc::clone(&path),
-            source: subscriber::source_for(target.addr, id, options.source_addrs),
-            jwt: Arc::clone(&jwts[id % accounts]),
-            channel: Arc::clone(&channel),
-        })
-        .collect();
+    let fleet = Fleet::new(target, options, jwts, &format!("db-{}", tenants::REPO));
+    let specs = fleet.specs(options.connections);
     let (handles, joined, first_error) = subscriber::start_all(specs, &shared).await;
 
     // Subscribers per account, as joined (round robin over accounts).

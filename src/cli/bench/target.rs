@@ -92,15 +92,9 @@ impl Target {
                 (Some(postgres), url)
             }
         };
-        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .map_err(BenchError::Database)?;
-        let connection = tokio::spawn(connection);
-        crate::schema::migrate(&mut client, false)
+        walcast::schema::migrate_url(&url, false)
             .await
             .map_err(BenchError::Schema)?;
-        drop(client);
-        let _ = connection.await;
 
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

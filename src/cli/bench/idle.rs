@@ -1,40 +1,33 @@
 //! Idle connections: the server's resident memory growth per authenticated, joined connection.
 
-use super::subscriber::{self, Shared, Spec};
+use super::subscriber::{self, Fleet, Shared};
 use super::target::Target;
 use super::{base_report, process, tenants, BenchError, Options};
 use std::sync::Arc;
 
 pub async fn run(options: &Options, target: &Target) -> Result<super::Report, BenchError> {
     let accounts = options.accounts.max(1);
-    let (jwts, channel): (Vec<Arc<str>>, Arc<str>) = match &target.database_url {
+    let (jwts, channel): (Vec<Arc<str>>, String) = match &target.database_url {
         Some(url) => {
             let client = tenants::connect(url).await?;
             let users = tenants::create(&client, accounts, &options.jwt_secret).await?;
             (
                 users.iter().map(|u| u.jwt.as_str().into()).collect(),
-                format!("db-{}", tenants::REPO).into(),
+                format!("db-{}", tenants::REPO),
             )
         }
         None => (vec!["bench".into()], "bench".into()),
     };
+    let accounts = jwts.len();
     let shared = Shared::new(options.setup_concurrency);
     // Warm the server's allocator and lazily built state with one connection first, so the
     // growth measured is per connection, not one-time.
-    let path: Arc<str> = target.path.as_str().into();
-    let spec = |id: usize| Spec {
-        id,
-        server: target.addr,
-        path: Arc::clone(&path),
-        source: subscriber::source_for(target.addr, id, options.source_addrs),
-        jwt: Arc::clone(&jwts[id % jwts.len()]),
-        channel: Arc::clone(&channel),
-    };
-    let warm = subscriber::setup(&spec(options.connections)).await?;
+    let fleet = Fleet::new(target, options, jwts, &channel);
+    let warm = subscriber::setup(&fleet.spec(options.connections)).await?;
     tokio::time::sleep(options.settle).await;
     let before = target.server_pid.and_then(process::sample);
 
-    let specs = (0..options.connections).map(spec).collect();
+    let specs = fleet.specs(options.connections);
     let (handles, joined, first_error) = subscriber::start_all(specs, &shared).await;
     tokio::time::sleep(options.settle).await;
     let after = target.server_pid.and_then(process::sample);
@@ -43,7 +36,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     drop(warm);
 
     let mut report = base_report(options, target);
-    report.accounts = jwts.len();
+    report.accounts = accounts;
     report.connections = joined;
     report.connect_failures = options.connections - joined;
     report.first_connect_error = first_error.map(|e| e.to_string());

@@ -1,8 +1,8 @@
 //! Custom-channel fanout: N subscribers on one channel, one publisher sending `chan_in`.
 
-use super::client::{FrameReader, WsConn, OP_CLOSE};
+use super::client::{FrameReader, OP_CLOSE};
 use super::latency::{now_us, stamp};
-use super::subscriber::{self, message, Shared, Spec};
+use super::subscriber::{self, message, Fleet, Shared};
 use super::target::Target;
 use super::{
     base_report, fill_deliveries, measure, over_window, tenants, BenchError, Load, Options,
@@ -28,33 +28,11 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
         None => "bench".into(),
     };
     let shared = Shared::new(options.setup_concurrency);
-    let path: Arc<str> = target.path.as_str().into();
-    let channel: Arc<str> = CHANNEL.into();
-    let specs = (0..options.connections)
-        .map(|id| Spec {
-            id,
-            server: target.addr,
-            path: Arc::clone(&path),
-            source: subscriber::source_for(target.addr, id, options.source_addrs),
-            jwt: Arc::clone(&jwt),
-            channel: Arc::clone(&channel),
-        })
-        .collect();
+    let fleet = Fleet::new(target, options, vec![jwt], CHANNEL);
+    let specs = fleet.specs(options.connections);
     let (handles, joined, first_error) = subscriber::start_all(specs, &shared).await;
 
-    let publisher = Spec {
-        id: options.connections,
-        server: target.addr,
-        path,
-        source: subscriber::source_for(target.addr, options.connections, options.source_addrs),
-        jwt,
-        channel,
-    };
-    let mut conn = WsConn::connect(publisher.server, publisher.source, &publisher.path).await?;
-    let sid = conn.expect("init").await?.data;
-    conn.send_text(&message(&sid, "auth", &publisher.jwt, "", ""))
-        .await?;
-    let token = conn.expect("token").await?.data;
+    let (conn, sid, token) = subscriber::login(&fleet.spec(options.connections)).await?;
 
     let load = Arc::new(Load::default());
     let stop_sending = CancellationToken::new();
