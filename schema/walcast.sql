@@ -7,16 +7,27 @@
 -- Cost: every UPDATE/DELETE of a repo also writes the old row to the WAL (see OPERATIONS.md).
 CREATE SCHEMA IF NOT EXISTS walcast;
 
--- Document table shape (PROTOCOL.md §6): id, account_id, owner_id, data; `sb_*` excluded.
+-- What a document table ("repo") is (PROTOCOL.md §6). The gateway decides this in Rust
+-- (src/event/repo.rs); this twin exists because the DDL event trigger below must decide inside
+-- PostgreSQL, and a test runs both over the same cases. Change them together.
+CREATE OR REPLACE FUNCTION walcast.is_repo_name(schema_name text, table_name text, columns text[])
+RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT table_name NOT LIKE 'sb\_%'
+       AND schema_name NOT IN ('pg_catalog', 'information_schema', 'sb', 'walcast', 'public')
+       AND schema_name NOT LIKE 'pg\_%'
+       AND columns @> ARRAY['id', 'account_id', 'owner_id', 'data']
+$$;
+
+-- A table (plain or partitioned) whose name and live columns make it a repo.
 CREATE OR REPLACE FUNCTION walcast.is_repo(rel regclass) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT c.relkind IN ('r', 'p')
-       AND c.relname NOT LIKE 'sb\_%'
-       AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'sb', 'walcast', 'public')
-       AND n.nspname NOT LIKE 'pg\_%'
-       AND (SELECT count(*) FROM pg_attribute a
-             WHERE a.attrelid = c.oid AND NOT a.attisdropped
-               AND a.attname IN ('id', 'account_id', 'owner_id', 'data')) = 4
+       AND walcast.is_repo_name(
+               n.nspname::text,
+               c.relname::text,
+               ARRAY(SELECT a.attname::text FROM pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped))
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = rel
 $$;

@@ -9,5 +9,6 @@ mod db_events;
 mod http;
 mod lifecycle;
 mod protocol;
+mod repo_rule;
 mod resume;
 mod tail;

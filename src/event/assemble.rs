@@ -1,3 +1,7 @@
+//! Whole committed transactions → document events: column positions cached per relation
+//! version, rows turned into StaticBackend documents, skipped rows counted.
+
+use super::repo::is_repo;
 use super::{build_document, CommittedEvents, DocumentChange, DocumentEvent};
 use crate::permission::{AppName, RowAccess};
 use std::collections::HashMap;
@@ -35,7 +39,8 @@ struct RepoColumns {
 
 impl RepoColumns {
     fn of(relation: &Relation) -> Option<RepoColumns> {
-        if relation.name.starts_with("sb_") || is_system_schema(&relation.schema) {
+        let columns = relation.columns.iter().map(|c| c.name.as_str());
+        if !is_repo(&relation.schema, &relation.name, columns) {
             return None;
         }
         Some(RepoColumns {
@@ -54,13 +59,6 @@ impl RepoColumns {
             owner_id: uuid_column(tuple, self.owner_id)?,
         })
     }
-}
-
-fn is_system_schema(schema: &str) -> bool {
-    matches!(
-        schema,
-        "pg_catalog" | "information_schema" | "sb" | "public"
-    )
 }
 
 /// `Some(None)` is SQL NULL; `None` means the value is not known (unchanged TOAST, not text, bad uuid).

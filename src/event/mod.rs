@@ -1,12 +1,12 @@
 //! Committed transactions from the WAL → document events (PROTOCOL.md §4).
 //!
-//! A document table ("repo") is any table of an app schema with the StaticBackend shape:
-//! `id`, `account_id`, `owner_id`, `data` columns, name not starting with `sb_`. Everything else
-//! streamed by the publication is ignored here.
+//! A document table ("repo") is a table of an app schema with the StaticBackend shape
+//! ([`repo::is_repo`]). Everything else streamed by the publication is ignored here.
 
 mod assemble;
 mod document;
 mod kind;
+pub mod repo;
 
 pub use assemble::{AssembleStats, Assembler};
 pub use document::{build_document, DocumentError};
