@@ -231,3 +231,6 @@ fn deleted(cols: &RepoColumns, old: &OldTuple) -> Result<DocumentEvent, Skip> {
         DocumentChange::Deleted { previous },
     ))
 }
+
+#[cfg(test)]
+mod tests;
