@@ -29,6 +29,15 @@ pub struct Claims {
     pub iat: Option<u64>,
 }
 
+/// An app as `sb.apps` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRef {
+    /// The public key (`sbpk`).
+    pub id: Uuid,
+    /// The schema name, which scopes channels.
+    pub name: AppName,
+}
+
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
@@ -128,6 +137,26 @@ impl Authenticator {
             account_id: row.get(1),
             role: row.get(2),
         })
+    }
+}
+
+impl Authenticator {
+    /// The app whose public key or schema name is `app`.
+    pub async fn find_app(&self, app: &str) -> Result<Option<AppRef>, AuthError> {
+        let client = self.db.client().await?;
+        let id = Uuid::parse_str(app).ok();
+        let row = client
+            .query_opt(
+                "SELECT id, name FROM sb.apps WHERE id = $1 OR name = $2 \
+                 ORDER BY id = $1 DESC LIMIT 1",
+                &[&id, &app],
+            )
+            .await
+            .map_err(DbError::from)?;
+        Ok(row.map(|row| AppRef {
+            id: row.get(0),
+            name: AppName::from(row.get::<_, String>(1).as_str()),
+        }))
     }
 }
 

@@ -2,6 +2,7 @@
 //! TOML file over defaults.
 
 use crate::hub::WindowConfig;
+use crate::publish::IdempotencyConfig;
 use crate::ws::WsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -77,6 +78,19 @@ pub struct ServeArgs {
     /// Bytes of history kept for resume [default: 67108864]
     #[arg(long, env = "WALCAST_RESUME_WINDOW_BYTES")]
     pub resume_window_bytes: Option<usize>,
+    /// Largest `data` of a `chan_in` or a server publish, in bytes [default: 65536]
+    #[arg(long, env = "WALCAST_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Server key for `POST /publish` (sent as `Authorization: Bearer <key>`); without it only
+    /// root users' session tokens may publish.
+    #[arg(long, env = "WALCAST_PUBLISH_KEY", hide_env_values = true)]
+    pub publish_key: Option<String>,
+    /// Seconds an idempotency key is remembered, 0 = keys ignored [default: 120]
+    #[arg(long, env = "WALCAST_IDEMPOTENCY_WINDOW_SECS")]
+    pub idempotency_window_secs: Option<u64>,
+    /// Idempotency keys remembered at most (the oldest is forgotten first) [default: 100000]
+    #[arg(long, env = "WALCAST_IDEMPOTENCY_MAX_KEYS")]
+    pub idempotency_max_keys: Option<usize>,
     /// Seconds between server pings [default: 30]
     #[arg(long, env = "WALCAST_PING_INTERVAL")]
     pub ping_interval_secs: Option<u64>,
@@ -97,9 +111,33 @@ pub struct Settings {
     pub max_connections_per_app: usize,
     pub ws: WsConfig,
     pub resume_window: WindowConfig,
+    pub publish: PublishSettings,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
 }
+
+/// The server publish API and custom-channel message limits.
+#[derive(Clone, Default)]
+pub struct PublishSettings {
+    /// `POST /publish` server key; `None`: root users' session tokens only.
+    pub key: Option<String>,
+    pub idempotency: IdempotencyConfig,
+    /// Largest `data` of a `chan_in` or server publish, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl std::fmt::Debug for PublishSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishSettings")
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .field("idempotency", &self.idempotency)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+/// `--max-message-bytes` default: as large as the default frame.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 macro_rules! merge_fields {
     ($into:ident, $from:ident; $($field:ident),*) => {
@@ -112,7 +150,8 @@ impl ServeArgs {
     pub fn or(mut self, file: ServeArgs) -> ServeArgs {
         merge_fields!(self, file; database_url, listen, jwt_secret, slot, publication,
             max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
-            rate_limit, rate_burst, max_channels_per_connection, resume_window_secs, resume_window_bytes, ping_interval_secs, idle_timeout_secs);
+            rate_limit, rate_burst, max_channels_per_connection, resume_window_secs, resume_window_bytes, max_message_bytes, publish_key,
+            idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs);
         self
     }
 
@@ -170,6 +209,19 @@ impl ServeArgs {
                     .resume_window_bytes
                     .unwrap_or(WindowConfig::default().max_bytes),
             },
+            publish: PublishSettings {
+                key: self.publish_key.filter(|k| !k.is_empty()),
+                idempotency: IdempotencyConfig {
+                    window: self
+                        .idempotency_window_secs
+                        .map(Duration::from_secs)
+                        .unwrap_or(IdempotencyConfig::default().window),
+                    max_keys: self
+                        .idempotency_max_keys
+                        .unwrap_or(IdempotencyConfig::default().max_keys),
+                },
+                max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            },
             demo: false,
         })
     }
@@ -199,7 +251,8 @@ mod tests {
             ..ServeArgs::default()
         };
         let file: ServeArgs = toml::from_str(
-            "listen = \"127.0.0.1:2\"\ndatabase_url = \"postgres://x\"\njwt_secret = \"s\"\nrate_limit = 5\n",
+            "listen = \"127.0.0.1:2\"\ndatabase_url = \"postgres://x\"\njwt_secret = \"s\"\nrate_limit = 5\n\
+             publish_key = \"k\"\nidempotency_window_secs = 30\nmax_message_bytes = 10\n",
         )
         .unwrap();
         let settings = flags.or(file).resolve().unwrap();
@@ -207,6 +260,10 @@ mod tests {
         assert_eq!(settings.database_url, "postgres://x");
         assert_eq!(settings.ws.rate_per_sec, 5);
         assert_eq!(settings.slot, "walcast");
+        assert_eq!(settings.publish.key.as_deref(), Some("k"));
+        assert_eq!(settings.publish.idempotency.window, Duration::from_secs(30));
+        assert_eq!(settings.publish.max_message_bytes, 10);
+        assert!(!format!("{settings:?}").contains("\"k\""), "key redacted");
     }
 
     #[test]

@@ -7,8 +7,10 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::db::{Database, DbError};
 use crate::event::Assembler;
-use crate::http::{route, DemoApi, HttpState};
+use crate::http::{route, DemoApi, HttpState, PublishApi};
 use crate::hub::Hub;
+use crate::publish::{ChannelSink, MemoryIdempotency, Publisher};
+use crate::sse::SseStreams;
 use crate::telemetry::Telemetry;
 use crate::ws::{ConnectionLimits, WsContext};
 use hyper::server::conn::http1;
@@ -50,6 +52,10 @@ pub struct Gateway {
     dispatcher: JoinHandle<()>,
     sockets: TaskTracker,
     pub hub: Arc<Hub>,
+    /// The server publish entry point (custom channels, with idempotency keys).
+    pub publisher: Arc<Publisher>,
+    /// Open SSE streams.
+    pub sse: Arc<SseStreams>,
     pub telemetry: Telemetry,
 }
 
@@ -86,8 +92,15 @@ impl Gateway {
             settings.jwt_secret.as_bytes(),
             Arc::clone(&db),
         ));
+        let publisher = Arc::new(Publisher::new(
+            Arc::clone(&hub) as Arc<dyn ChannelSink>,
+            Arc::new(MemoryIdempotency::new(settings.publish.idempotency)),
+            settings.publish.max_message_bytes,
+            telemetry.clone(),
+        ));
         let ws = Arc::new(WsContext {
             hub: Arc::clone(&hub),
+            publisher: Arc::clone(&publisher),
             auth: auth.clone(),
             limits: ConnectionLimits::new(
                 settings.max_connections,
@@ -99,6 +112,12 @@ impl Gateway {
         });
         let streaming = Arc::new(AtomicBool::new(true));
         let sockets = TaskTracker::new();
+        let sse = SseStreams::new(Arc::clone(&ws), sockets.clone());
+        let publish = PublishApi {
+            publisher: Arc::clone(&publisher),
+            auth: Arc::clone(&auth),
+            key: settings.publish.key.clone(),
+        };
         let demo = settings.demo.then(|| DemoApi {
             db: Arc::clone(&db),
             auth,
@@ -109,6 +128,8 @@ impl Gateway {
             db,
             streaming: Arc::clone(&streaming),
             demo,
+            sse: Arc::clone(&sse),
+            publish,
             sockets: sockets.clone(),
         });
 
@@ -135,6 +156,8 @@ impl Gateway {
             dispatcher,
             sockets,
             hub,
+            publisher,
+            sse,
             telemetry,
         })
     }

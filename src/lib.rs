@@ -20,11 +20,14 @@
 //! - [`permission`]: read levels and who may read a row.
 //! - [`hub`]: channel membership, custom-channel publish, db event dispatch, outboxes, the resume
 //!   window (recent transactions replayed to `join` with `since`).
-//! - [`ws`]: socket reader/writer tasks, the protocol session, limits.
+//! - [`ws`]: socket reader/writer tasks, the protocol session (shared by both transports), limits.
+//! - [`sse`]: the Server-Sent Events transport (`/sse/connect`, `/sse/msg`) over the same session.
+//! - [`publish`]: custom-channel publishing for `chan_in` and the server publish API (data
+//!   limit, idempotency keys) behind the traits a cluster implementation fills.
 //! - [`auth`]: session JWT verification against the app's `sb_tokens`.
 //! - [`db`]: the gateway's ordinary PostgreSQL connection.
 //! - [`schema`]: embedded SQL (StaticBackend layout, gateway preparation, demo app).
-//! - [`http`]: routes: `/ws`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
+//! - [`http`]: routes: `/ws`, `/sse/*`, `/publish`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
 //! - [`gateway`]: wiring and ordered shutdown.
 //! - [`config`]: `serve` settings (flags over env over TOML file).
 //! - [`telemetry`]: Prometheus metrics.
@@ -40,7 +43,9 @@ pub mod http;
 pub mod hub;
 pub mod permission;
 pub mod protocol;
+pub mod publish;
 pub mod schema;
+pub mod sse;
 pub mod tail;
 pub mod telemetry;
 pub mod ws;

@@ -1,12 +1,18 @@
-//! HTTP on hyper 1: `/ws` upgrade, health and readiness, metrics, the client library, the demo
-//! page and the dashboard.
+//! HTTP on hyper 1: `/ws` upgrade, the SSE transport (`/sse/*`), the server publish API
+//! (`/publish`), health and readiness, metrics, the client library, the demo page and the
+//! dashboard.
 
 mod demo;
+mod publish;
+mod sse;
 
 pub use demo::DemoApi;
+pub use publish::{PublishApi, Refusal};
 
+use crate::sse::SseStreams;
 use crate::ws::{serve_socket, WsContext};
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -19,7 +25,8 @@ const CLIENT_JS: &str = include_str!("assets/client.js");
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const DASHBOARD_HTML: &str = include_str!("assets/dashboard.html");
 
-pub type Body = Full<Bytes>;
+/// Every response body: whole (`Full`) or streamed (SSE).
+pub type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 
 /// Shared by every HTTP request.
 pub struct HttpState {
@@ -28,6 +35,8 @@ pub struct HttpState {
     /// True while the replication stream is up.
     pub streaming: Arc<AtomicBool>,
     pub demo: Option<DemoApi>,
+    pub sse: Arc<SseStreams>,
+    pub publish: PublishApi,
     /// Socket tasks, awaited at shutdown.
     pub sockets: TaskTracker,
 }
@@ -37,7 +46,7 @@ pub fn respond(
     content_type: &'static str,
     body: impl Into<Bytes>,
 ) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Full::new(body.into()).boxed_unsync());
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -65,6 +74,12 @@ pub async fn route(
     let path = req.uri().path().to_owned();
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => upgrade(&state, req),
+        (&Method::GET, "/sse/connect") => sse::connect(&state.sse, &req),
+        (&Method::POST, "/sse/msg") => {
+            sse::message(&state.sse, req, state.ws.config.max_frame_bytes).await
+        }
+        (&Method::OPTIONS, "/sse/msg" | "/sse/connect") => sse::preflight(),
+        (&Method::POST, "/publish") => state.publish.handle(req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             if state.streaming.load(Ordering::Acquire) && state.db.is_reachable().await {
@@ -132,5 +147,5 @@ fn upgrade(state: &Arc<HttpState>, mut req: Request<Incoming>) -> Response<Body>
             }
         }
     });
-    response.map(|_| Full::new(Bytes::new()))
+    response.map(|_| Full::new(Bytes::new()).boxed_unsync())
 }

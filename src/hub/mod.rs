@@ -28,6 +28,13 @@ use walcast_replication::Lsn;
 
 pub type ConnId = u64;
 
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A process-wide unique connection id, whatever the transport (memberships are keyed by it).
+pub fn new_conn_id() -> ConnId {
+    NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A connection as the hub sees it.
 #[derive(Debug)]
 pub struct Subscriber {

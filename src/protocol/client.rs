@@ -1,7 +1,8 @@
 use serde_json::{Map, Value};
 
 /// A client frame after validation: the five envelope keys as strings (missing or `null` read as
-/// empty), plus the `since` resume extension.
+/// empty), plus the `[ext]` keys: `since` (resume) and `idempotency_key` (`chan_in`; also
+/// spelled `idempotencyKey`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientMessage {
     pub sid: String,
@@ -10,6 +11,7 @@ pub struct ClientMessage {
     pub channel: String,
     pub token: String,
     pub since: Option<String>,
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -44,6 +46,12 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
         Some(Value::String(s)) if !s.is_empty() => Some(s),
         _ => None,
     };
+    let idempotency_key = ["idempotency_key", "idempotencyKey"]
+        .into_iter()
+        .find_map(|key| match object.remove(key) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
+        });
     Ok(ClientMessage {
         sid,
         kind,
@@ -51,6 +59,7 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
         channel,
         token,
         since,
+        idempotency_key,
     })
 }
 
@@ -94,6 +103,16 @@ mod tests {
             parse_client(br#"{"data":{"a":1}}"#),
             Err(ParseError::NotAString("data"))
         );
+    }
+
+    #[test]
+    fn idempotency_key_extension() {
+        let m = parse_client(br#"{"type":"chan_in","idempotency_key":"k1"}"#).unwrap();
+        assert_eq!(m.idempotency_key.as_deref(), Some("k1"));
+        let m = parse_client(br#"{"type":"chan_in","idempotencyKey":"k2"}"#).unwrap();
+        assert_eq!(m.idempotency_key.as_deref(), Some("k2"));
+        let m = parse_client(br#"{"type":"chan_in","idempotency_key":""}"#).unwrap();
+        assert_eq!(m.idempotency_key, None);
     }
 
     #[test]

@@ -38,6 +38,21 @@ pub fn pong(payload: &[u8]) -> Bytes {
     frame(OP_PONG, &payload[..payload.len().min(125)])
 }
 
+/// The payload of a text frame built by [`text`], without copying; `None` for control frames.
+/// Lets a transport that is not WebSocket (SSE) reuse frames encoded once for every recipient.
+pub fn text_payload(frame: &Bytes) -> Option<Bytes> {
+    let (&first, rest) = frame.split_first()?;
+    if first != FIN | OP_TEXT {
+        return None;
+    }
+    let header = match rest.first()? {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (frame.len() >= header).then(|| frame.slice(header..))
+}
+
 /// Control frames carry at most 125 bytes: the code plus a reason cut to fit.
 pub fn close(code: u16, reason: &str) -> Bytes {
     let mut payload = Vec::with_capacity(2 + reason.len());
@@ -63,6 +78,17 @@ mod tests {
         let big = text(&vec![b'a'; 70_000]);
         assert_eq!(big[1], 127);
         assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+    }
+
+    #[test]
+    fn text_payload_round_trips() {
+        for len in [0, 1, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let payload = vec![b'x'; len];
+            assert_eq!(text_payload(&text(&payload)).as_deref(), Some(&payload[..]));
+        }
+        assert_eq!(text_payload(&ping(b"p")), None);
+        assert_eq!(text_payload(&close(1000, "")), None);
+        assert_eq!(text_payload(&Bytes::new()), None);
     }
 
     #[test]

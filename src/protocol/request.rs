@@ -29,11 +29,13 @@ pub enum Request {
     },
     /// `leave`: any name; leaving a channel one is not in is answered like any other leave.
     Leave { token: String, channel: String },
-    /// `chan_in`: publish `data` to a custom channel.
+    /// `chan_in`: publish `data` to a custom channel. [ext] `idempotency_key`: a retry with
+    /// the same key within the window is answered `ok` and not delivered again.
     ChanIn {
         token: String,
         channel: Result<Channel, ChannelError>,
         data: String,
+        idempotency_key: Option<String>,
     },
 }
 
@@ -54,6 +56,7 @@ impl Request {
             channel,
             token,
             since,
+            idempotency_key,
         } = message;
         match kind.as_str() {
             "echo" => Ok(Request::Echo {
@@ -75,6 +78,7 @@ impl Request {
                 token,
                 channel: Channel::parse_writable(&channel),
                 data,
+                idempotency_key,
             }),
             _ => Err(RequestError::UnknownType(kind)),
         }

@@ -1,15 +1,18 @@
 //! WebSocket connections: the upgrade at `/ws`, one reader task and one writer task per socket,
-//! and the per-connection protocol session (PROTOCOL.md §1–3, §5).
+//! and the per-connection protocol session (PROTOCOL.md §1–3, §5), which the SSE transport
+//! (`crate::sse`) drives too.
 
 mod limits;
 mod session;
 mod socket;
 
 pub use limits::{ConnectionLimits, RateLimiter};
+pub use session::{Next, Session, Transport};
 pub use socket::serve_socket;
 
 use crate::auth::UserLookup;
 use crate::hub::Hub;
+use crate::publish::Publisher;
 use crate::telemetry::Telemetry;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +53,8 @@ pub struct WsContext {
     pub hub: Arc<Hub>,
     pub auth: Arc<dyn UserLookup>,
     pub limits: Arc<ConnectionLimits>,
+    /// Custom-channel publishing (`chan_in` and the server publish API).
+    pub publisher: Arc<Publisher>,
     pub config: WsConfig,
     pub telemetry: Telemetry,
     /// Cancelled at shutdown: every connection closes with 1001.

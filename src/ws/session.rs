@@ -6,8 +6,10 @@ use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
 use crate::hub::{ConnId, Joined, Outbox, Subscriber};
 use crate::protocol::{
-    self, encode, frame, Channel, ChannelError, CloseReason, Envelope, ParseError, Request,
+    self, encode, frame, Channel, ChannelError, ClientMessage, CloseReason, Envelope, ParseError,
+    Request,
 };
+use crate::publish::Outgoing;
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,6 +21,17 @@ pub enum Next {
     Continue,
     /// Close the connection with this code and reason (after the replies already queued).
     Close(CloseReason),
+}
+
+/// The transport a session speaks over. The protocol is the same; only the token differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `auth` issues a random token bound to the connection (PROTOCOL.md §3).
+    WebSocket,
+    /// Server-Sent Events (§1b): the published client sends its session JWT as `token` on
+    /// every message, so the token is the JWT that authenticated, and once authenticated every
+    /// message must carry it.
+    EventStream,
 }
 
 struct Authed {
@@ -38,6 +51,7 @@ pub struct Session {
     authed: Option<Authed>,
     joined: HashSet<Channel>,
     rate: RateLimiter,
+    transport: Transport,
 }
 
 impl Session {
@@ -46,6 +60,7 @@ impl Session {
         conn: ConnId,
         outbox: Arc<Outbox>,
         app_key: Option<String>,
+        transport: Transport,
     ) -> Self {
         let rate = RateLimiter::new(ctx.config.rate_per_sec, ctx.config.rate_burst);
         Session {
@@ -57,6 +72,7 @@ impl Session {
             authed: None,
             joined: HashSet::new(),
             rate,
+            transport,
         }
     }
 
@@ -80,18 +96,52 @@ impl Session {
         self.push(&Envelope::reply("", "init", &self.sid));
     }
 
+    /// The rate limit comes first: a refused message is not even parsed.
     pub async fn handle(&mut self, payload: &[u8]) -> Next {
-        if !self.rate.allow() {
-            self.ctx.telemetry.drop_reason("rate_limited", 1);
-            self.error("rate limit exceeded");
+        if !self.admit() {
             return Next::Continue;
         }
-        let Ok(msg) = protocol::parse_client(payload) else {
+        self.dispatch(protocol::parse_client(payload)).await
+    }
+
+    /// A message its transport already parsed (SSE reads the sid to find the session).
+    pub async fn handle_parsed(&mut self, parsed: Result<ClientMessage, ParseError>) -> Next {
+        if !self.admit() {
+            return Next::Continue;
+        }
+        self.dispatch(parsed).await
+    }
+
+    fn admit(&mut self) -> bool {
+        let allowed = self.rate.allow();
+        if !allowed {
+            self.ctx.telemetry.drop_reason("rate_limited", 1);
+            self.error("rate limit exceeded");
+        }
+        allowed
+    }
+
+    /// On SSE an authenticated session accepts only messages carrying its token.
+    fn bound_to(&self, token: &str) -> bool {
+        match (&self.authed, self.transport) {
+            (Some(authed), Transport::EventStream) => {
+                constant_time_eq(authed.token.as_bytes(), token.as_bytes())
+            }
+            _ => true,
+        }
+    }
+
+    async fn dispatch(&mut self, parsed: Result<ClientMessage, ParseError>) -> Next {
+        let Ok(msg) = parsed else {
             self.error(ParseError::CLIENT_MESSAGE);
             return Next::Continue;
         };
         if msg.sid != self.sid {
             self.error("invalid sid");
+            return Next::Continue;
+        }
+        if !self.bound_to(&msg.token) {
+            self.error("invalid token");
             return Next::Continue;
         }
         let request = match Request::from_message(msg) {
@@ -128,7 +178,11 @@ impl Session {
                 token,
                 channel,
                 data,
-            } => self.chan_in(&token, channel, &data),
+                idempotency_key,
+            } => {
+                self.chan_in(&token, channel, &data, idempotency_key.as_deref())
+                    .await
+            }
         }
         Next::Continue
     }
@@ -164,7 +218,10 @@ impl Session {
             self.error(CloseReason::ConnectionLimit.text());
             return Next::Close(CloseReason::ConnectionLimit);
         };
-        let token = random_token();
+        let token = match self.transport {
+            Transport::WebSocket => random_token(),
+            Transport::EventStream => jwt.to_owned(),
+        };
         self.authed = Some(Authed {
             subscriber: Arc::new(Subscriber {
                 conn: self.conn,
@@ -238,7 +295,13 @@ impl Session {
         self.reply("left", name);
     }
 
-    fn chan_in(&mut self, token: &str, channel: Result<Channel, ChannelError>, data: &str) {
+    async fn chan_in(
+        &self,
+        token: &str,
+        channel: Result<Channel, ChannelError>,
+        data: &str,
+        idempotency_key: Option<&str>,
+    ) {
         let Some(subscriber) = self.check_token(token) else {
             return;
         };
@@ -249,21 +312,21 @@ impl Session {
                 return;
             }
         };
-        // `ok` is queued before the fanout so the sender sees it ahead of its own copy.
-        self.reply("ok", "");
-        let out = frame::text(&encode(&Envelope {
-            sid: &self.sid,
-            kind: "chan_out",
+        let outgoing = Outgoing {
+            app: &subscriber.reader.app,
+            channel: &channel,
             data,
-            channel: channel.name(),
-            ..Envelope::default()
-        }));
-        let delivery = self.ctx.hub.publish(&subscriber.reader.app, &channel, &out);
-        self.ctx.telemetry.delivered(delivery.delivered);
-        if delivery.slow_consumers > 0 {
-            self.ctx
-                .telemetry
-                .drop_reason("slow_consumer", delivery.slow_consumers);
+            sender_sid: &self.sid,
+            idempotency_key,
+        };
+        // `ok` is queued before the fanout so the sender sees it ahead of its own copy.
+        let published = self
+            .ctx
+            .publisher
+            .publish(outgoing, || self.reply("ok", ""))
+            .await;
+        if let Err(refused) = published {
+            self.error(refused.message());
         }
     }
 

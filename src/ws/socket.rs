@@ -1,4 +1,4 @@
-use super::session::{Next, Session};
+use super::session::{Next, Session, Transport};
 use super::WsContext;
 use crate::hub::Outbox;
 use crate::protocol::{encode, frame, CloseReason, Envelope};
@@ -12,13 +12,11 @@ use std::time::Instant;
 use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tracing::Instrument;
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-
 /// Serves one upgraded socket until either side ends it. `app_key` is the `sbpk` named at
 /// connect. The socket has exactly one reader (fastwebsockets' `read_frame` is not
 /// cancel-safe, so it is never raced in a `select!`) and one writer.
 pub async fn serve_socket(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>) {
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let conn = crate::hub::new_conn_id();
     let span = tracing::debug_span!("ws", conn);
     run(ctx, io, app_key, conn).instrument(span).await;
 }
@@ -47,7 +45,13 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     };
     ctx.telemetry.connection_opened();
 
-    let mut session = Session::new(Arc::clone(&ctx), conn, Arc::clone(&outbox), app_key);
+    let mut session = Session::new(
+        Arc::clone(&ctx),
+        conn,
+        Arc::clone(&outbox),
+        app_key,
+        Transport::WebSocket,
+    );
     session.send_init();
     tracing::debug!(sid = session.sid(), "connected");
 

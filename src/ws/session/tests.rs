@@ -1,11 +1,12 @@
 //! Protocol cases of one session, without PostgreSQL: the user lookup answers from memory and
 //! replies are read back from the connection's outbox.
 
-use super::{Next, Session};
+use super::{Next, Session, Transport};
 use crate::auth::{AuthError, UserLookup};
 use crate::hub::{Hub, Outbox};
 use crate::permission::Reader;
 use crate::protocol::CloseReason;
+use crate::publish::{ChannelSink, IdempotencyConfig, MemoryIdempotency, Publisher};
 use crate::telemetry::Telemetry;
 use crate::ws::{ConnectionLimits, WsConfig, WsContext};
 use futures_util::future::BoxFuture;
@@ -45,12 +46,20 @@ fn context(config: WsConfig, per_app: usize) -> Arc<WsContext> {
         ("jwt-alice", user("acme", 1)),
         ("jwt-bob", user("acme", 2)),
     ]));
+    let hub = Arc::new(Hub::default());
+    let telemetry = Telemetry::new();
     Arc::new(WsContext {
-        hub: Arc::new(Hub::default()),
+        publisher: Arc::new(Publisher::new(
+            Arc::clone(&hub) as Arc<dyn ChannelSink>,
+            Arc::new(MemoryIdempotency::new(IdempotencyConfig::default())),
+            64 * 1024,
+            telemetry.clone(),
+        )),
+        hub,
         auth: Arc::new(directory),
         limits: ConnectionLimits::new(100, per_app),
         config,
-        telemetry: Telemetry::new(),
+        telemetry,
         shutdown: CancellationToken::new(),
     })
 }
@@ -66,7 +75,13 @@ struct Client {
 impl Client {
     fn connect(ctx: &Arc<WsContext>, conn: u64) -> Client {
         let outbox = Arc::new(Outbox::new(1 << 20));
-        let session = Session::new(Arc::clone(ctx), conn, Arc::clone(&outbox), None);
+        let session = Session::new(
+            Arc::clone(ctx),
+            conn,
+            Arc::clone(&outbox),
+            None,
+            Transport::WebSocket,
+        );
         session.send_init();
         let mut client = Client {
             session,
@@ -120,14 +135,9 @@ impl Client {
 }
 
 /// The JSON of one unmasked server text frame.
-fn text_payload(frame: &[u8]) -> Value {
-    assert_eq!(frame[0], 0x81, "a final text frame");
-    let start = match frame[1] {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    serde_json::from_slice(&frame[start..]).expect("server frames are JSON")
+fn text_payload(frame: &bytes::Bytes) -> Value {
+    let payload = crate::protocol::frame::text_payload(frame).expect("a final text frame");
+    serde_json::from_slice(&payload).expect("server frames are JSON")
 }
 
 fn error_text(reply: &Value) -> &str {

@@ -1,0 +1,201 @@
+//! `POST /publish`: the server publish API. A backend (or `walcast publish`) sends
+//! `{"app","channel","data","idempotency_key"}` with `Authorization: Bearer <key or JWT>`,
+//! authenticated by the configured publish key (constant-time compare) or a root user's session
+//! token. Every refusal is a JSON `{"ok":false,"error":…}` with a status that says why.
+
+use super::{read_body, respond, Body};
+use crate::auth::{constant_time_eq, AppRef, AuthError, Authenticator};
+use crate::permission::AppName;
+use crate::protocol::ChannelError;
+use crate::publish::{PublishError, Published, Publisher};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// What `POST /publish` needs.
+pub struct PublishApi {
+    pub publisher: Arc<Publisher>,
+    pub auth: Arc<Authenticator>,
+    /// The server key; `None`: root session tokens only.
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishBody {
+    /// The app's public key or schema name; optional with a root token (its app is used).
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    channel: Option<String>,
+    /// A string is sent as is; any other JSON value is sent as its JSON text.
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default, alias = "idempotencyKey")]
+    idempotency_key: Option<String>,
+}
+
+/// A refusal: status and the exact error text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub error: &'static str,
+}
+
+impl Refusal {
+    const fn new(status: StatusCode, error: &'static str) -> Self {
+        Refusal { status, error }
+    }
+
+    pub const BODY_TOO_LARGE: Refusal =
+        Refusal::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    pub const INVALID_BODY: Refusal = Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "request body must be a JSON object with string app, channel and idempotency_key",
+    );
+    pub const MISSING_DATA: Refusal =
+        Refusal::new(StatusCode::BAD_REQUEST, "no data was specified");
+    pub const MISSING_CREDENTIALS: Refusal = Refusal::new(
+        StatusCode::UNAUTHORIZED,
+        "missing credentials: send Authorization: Bearer <publish key or root session token>",
+    );
+    pub const INVALID_KEY: Refusal = Refusal::new(StatusCode::UNAUTHORIZED, "invalid publish key");
+    pub const INVALID_TOKEN: Refusal = Refusal::new(StatusCode::UNAUTHORIZED, "invalid token");
+    pub const NOT_ROOT: Refusal = Refusal::new(
+        StatusCode::FORBIDDEN,
+        "root user required: the token's user has a role below 100",
+    );
+    pub const NO_APP: Refusal = Refusal::new(StatusCode::BAD_REQUEST, "no app was specified");
+    pub const UNKNOWN_APP: Refusal = Refusal::new(StatusCode::NOT_FOUND, "unknown app");
+    pub const DIRECTORY: Refusal = Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "user directory unavailable",
+    );
+
+    fn of(error: PublishError) -> Refusal {
+        let status = match error {
+            PublishError::InvalidKey
+            | PublishError::Channel(ChannelError::Missing | ChannelError::Invalid) => {
+                StatusCode::BAD_REQUEST
+            }
+            PublishError::Channel(ChannelError::NotWritable | ChannelError::Reserved) => {
+                StatusCode::FORBIDDEN
+            }
+            PublishError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal::new(status, error.message())
+    }
+
+    fn response(self) -> Response<Body> {
+        let mut response = respond(
+            self.status,
+            "application/json",
+            json!({"ok": false, "error": self.error}).to_string(),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl PublishApi {
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match self.publish(req).await {
+            Ok(Published::Delivered(delivery)) => respond(
+                StatusCode::OK,
+                "application/json",
+                json!({"ok": true, "delivered": delivery.delivered}).to_string(),
+            ),
+            Ok(Published::Duplicate) => respond(
+                StatusCode::OK,
+                "application/json",
+                json!({"ok": true, "duplicate": true}).to_string(),
+            ),
+            Err(refusal) => refusal.response(),
+        }
+    }
+
+    async fn publish(&self, req: Request<Incoming>) -> Result<Published, Refusal> {
+        let bearer = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        let header_app = super::app_key(&req);
+        // JSON escapes can make the body up to six times the data it carries.
+        let limit = self.publisher.max_message_bytes().saturating_mul(6) + 64 * 1024;
+        let body = read_body(req, limit).await.ok_or(Refusal::BODY_TOO_LARGE)?;
+        let body: PublishBody = serde_json::from_slice(&body).map_err(|_| Refusal::INVALID_BODY)?;
+        let bearer = bearer.ok_or(Refusal::MISSING_CREDENTIALS)?;
+        let app_named = body.app.filter(|a| !a.is_empty()).or(header_app);
+        let app = self.authorize(&bearer, app_named.as_deref()).await?;
+        let data = match body.data {
+            None | Some(Value::Null) => return Err(Refusal::MISSING_DATA),
+            Some(Value::String(text)) => text,
+            Some(other) => other.to_string(),
+        };
+        let channel = body.channel.unwrap_or_default();
+        self.publisher
+            .server_publish(&app, &channel, &data, body.idempotency_key.as_deref())
+            .await
+            .map_err(Refusal::of)
+    }
+
+    /// The app the caller may publish to. Credentials are checked before the app is looked
+    /// up, so an unauthenticated caller learns nothing about which apps exist.
+    async fn authorize(&self, bearer: &str, app: Option<&str>) -> Result<AppName, Refusal> {
+        if let Some(key) = &self.key {
+            if constant_time_eq(key.as_bytes(), bearer.as_bytes()) {
+                let app = app.ok_or(Refusal::NO_APP)?;
+                return Ok(self.find_app(app).await?.name);
+            }
+        }
+        // A JWT has three dot-separated parts; anything else was meant as a publish key.
+        if bearer.split('.').count() != 3 {
+            return Err(Refusal::INVALID_KEY);
+        }
+        let reader = match self.auth.authenticate(bearer, None).await {
+            Ok(reader) => reader,
+            Err(AuthError::Invalid) => return Err(Refusal::INVALID_TOKEN),
+            Err(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "publish auth lookup failed"
+                );
+                return Err(Refusal::DIRECTORY);
+            }
+        };
+        if !reader.is_root() {
+            return Err(Refusal::NOT_ROOT);
+        }
+        if let Some(app) = app {
+            // A token of another app is refused, as on a connection that named its app.
+            if self.find_app(app).await?.name != reader.app {
+                return Err(Refusal::INVALID_TOKEN);
+            }
+        }
+        Ok(reader.app)
+    }
+
+    async fn find_app(&self, app: &str) -> Result<AppRef, Refusal> {
+        match self.auth.find_app(app).await {
+            Ok(Some(app)) => Ok(app),
+            Ok(None) => Err(Refusal::UNKNOWN_APP),
+            Err(error) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "app lookup failed"
+                );
+                Err(Refusal::DIRECTORY)
+            }
+        }
+    }
+}
