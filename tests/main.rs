@@ -9,6 +9,8 @@ mod db_events;
 mod http;
 mod lifecycle;
 mod protocol;
+mod publish;
 mod repo_rule;
 mod resume;
+mod sse;
 mod tail;

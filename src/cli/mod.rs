@@ -1,6 +1,7 @@
 //! Subcommands of the `walcast` binary.
 
 mod bench;
+mod publish;
 mod tail;
 mod up;
 
@@ -43,6 +44,8 @@ pub enum Command {
     },
     /// Print every document change as one JSON object per line.
     Tail(tail::TailArgs),
+    /// Publish one message to a custom channel through a gateway's `POST /publish`.
+    Publish(publish::PublishArgs),
     /// Measure throughput and latency against a gateway.
     Bench(bench::command::BenchArgs),
     /// Print a StaticBackend session JWT for a user.
@@ -79,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Bench(args) => bench::command::run(args).await,
+        Command::Publish(args) => publish::run(args).await,
         Command::Migrate { database_url, demo } => {
             walcast::schema::migrate_url(&database_url, demo)
                 .await

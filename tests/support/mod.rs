@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod sse;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -308,6 +309,26 @@ pub fn event(msg: &Value, kind: &str, channel: &str) -> Value {
 pub struct HttpResponse {
     pub status: u16,
     pub body: String,
+    /// Status line and headers.
+    pub head: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
 }
 
 /// A tiny HTTP/1.1 client: one request with `Connection: close`, read to the end. Bounded by
@@ -362,6 +383,7 @@ pub async fn http(
     HttpResponse {
         status,
         body: body.to_owned(),
+        head: head.to_owned(),
     }
 }
 
