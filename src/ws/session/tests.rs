@@ -74,14 +74,12 @@ struct Client {
 
 impl Client {
     fn connect(ctx: &Arc<WsContext>, conn: u64) -> Client {
+        Client::connect_over(ctx, conn, Transport::WebSocket)
+    }
+
+    fn connect_over(ctx: &Arc<WsContext>, conn: u64, transport: Transport) -> Client {
         let outbox = Arc::new(Outbox::new(1 << 20));
-        let session = Session::new(
-            Arc::clone(ctx),
-            conn,
-            Arc::clone(&outbox),
-            None,
-            Transport::WebSocket,
-        );
+        let session = Session::new(Arc::clone(ctx), conn, Arc::clone(&outbox), None, transport);
         session.send_init();
         let mut client = Client {
             session,
@@ -100,7 +98,7 @@ impl Client {
     fn replies(&self) -> Vec<Value> {
         let mut batch = Vec::new();
         let _ = self.outbox.next_batch(&mut batch).now_or_never();
-        batch.iter().map(|frame| text_payload(frame)).collect()
+        batch.iter().map(text_payload).collect()
     }
 
     fn send_raw(&mut self, payload: &str) -> Next {
@@ -332,4 +330,30 @@ fn rate_limit_answers_past_the_burst() {
         error_text(&client.ask("echo", "3", "")),
         "rate limit exceeded"
     );
+}
+
+#[test]
+fn event_stream_token_is_the_jwt_and_binds_every_message() {
+    let ctx = context(WsConfig::default(), 100);
+    let mut alice = Client::connect_over(&ctx, 1, Transport::EventStream);
+    // Before auth nothing is bound: echo works with any token, join needs auth.
+    alice.token = "whatever".into();
+    assert_eq!(alice.ask("echo", "x", "")["data"], "echo: x");
+    assert_eq!(error_text(&alice.ask("join", "room", "")), "invalid token");
+    // The published client sends its JWT as token on every message, auth included.
+    alice.token = "jwt-alice".into();
+    let reply = alice.ask("auth", "jwt-alice", "");
+    assert_eq!(reply["type"], "token");
+    assert_eq!(reply["data"], "jwt-alice");
+    assert_eq!(alice.ask("join", "room", "")["type"], "joined");
+    // Any other token, even another user's valid JWT, changes nothing.
+    alice.token = "jwt-bob".into();
+    assert_eq!(
+        error_text(&alice.ask("auth", "jwt-bob", "")),
+        "invalid token"
+    );
+    assert_eq!(error_text(&alice.ask("echo", "x", "")), "invalid token");
+    assert_eq!(error_text(&alice.ask("leave", "room", "")), "invalid token");
+    alice.token = "jwt-alice".into();
+    assert_eq!(alice.ask("leave", "room", "")["type"], "left");
 }
