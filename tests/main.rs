@@ -13,4 +13,5 @@ mod publish;
 mod repo_rule;
 mod resume;
 mod sse;
+mod staticbackend_js;
 mod tail;

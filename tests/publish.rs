@@ -121,92 +121,80 @@ async fn publish_refusals_each_get_their_error() {
     let id = app.id.to_string();
     let ok_body = json!({"app": id, "channel": "news", "data": "x"});
 
-    refused(
-        &publish(&env, "", ok_body.clone()).await,
-        401,
-        "missing credentials: send Authorization: Bearer <publish key or root session token>",
-    );
-    refused(
-        &publish(&env, "wrong-key", ok_body.clone()).await,
-        401,
-        "invalid publish key",
-    );
-    refused(
-        &publish(&env, &user.jwt, ok_body.clone()).await,
-        403,
-        "root user required: the token's user has a role below 100",
-    );
     let forged = walcast::auth::issue_token(b"other-secret", root.id, &root.user_token, 60);
-    refused(
-        &publish(&env, &forged, ok_body.clone()).await,
-        401,
-        "invalid token",
-    );
-    refused(
-        &publish(
-            &env,
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        (
+            "",
+            ok_body.clone(),
+            401,
+            "missing credentials: send Authorization: Bearer <publish key or root session token>",
+        ),
+        ("wrong-key", ok_body.clone(), 401, "invalid publish key"),
+        (
+            &user.jwt,
+            ok_body.clone(),
+            403,
+            "root user required: the token's user has a role below 100",
+        ),
+        (&forged, ok_body.clone(), 401, "invalid token"),
+        (
             KEY,
             json!({"app": id, "channel": "db-tasks", "data": "x"}),
-        )
-        .await,
-        403,
-        "you cannot write to database channel",
-    );
-    refused(
-        &publish(
-            &env,
+            403,
+            "you cannot write to database channel",
+        ),
+        (
             KEY,
             json!({"app": id, "channel": "DB-tasks", "data": "x"}),
-        )
-        .await,
-        403,
-        "you cannot write to database channel",
-    );
-    refused(
-        &publish(
-            &env,
+            403,
+            "you cannot write to database channel",
+        ),
+        (
             KEY,
             json!({"app": id, "channel": "news", "data": "x".repeat(17)}),
-        )
-        .await,
-        413,
-        "message too large",
-    );
-    refused(
-        &publish(&env, KEY, json!({"app": id, "data": "x"})).await,
-        400,
-        "no channel was specified",
-    );
-    refused(
-        &publish(&env, KEY, json!({"channel": "news", "data": "x"})).await,
-        400,
-        "no app was specified",
-    );
-    refused(
-        &publish(
-            &env,
+            413,
+            "message too large",
+        ),
+        (
+            KEY,
+            json!({"app": id, "data": "x"}),
+            400,
+            "no channel was specified",
+        ),
+        (
+            KEY,
+            json!({"channel": "news", "data": "x"}),
+            400,
+            "no app was specified",
+        ),
+        (
             KEY,
             json!({"app": "nope", "channel": "news", "data": "x"}),
-        )
-        .await,
-        404,
-        "unknown app",
-    );
-    refused(
-        &publish(&env, KEY, json!({"app": id, "channel": "news"})).await,
-        400,
-        "no data was specified",
-    );
-    refused(
-        &publish(
-            &env,
+            404,
+            "unknown app",
+        ),
+        (
+            KEY,
+            json!({"app": id, "channel": "news"}),
+            400,
+            "no data was specified",
+        ),
+        (
             KEY,
             json!({"app": id, "channel": "sbsys", "data": "x"}),
-        )
-        .await,
-        403,
-        "reserved channel",
-    );
+            403,
+            "reserved channel",
+        ),
+        (
+            KEY,
+            json!({"app": id, "channel": "news", "data": "x", "idempotency_key": "k".repeat(257)}),
+            400,
+            "invalid idempotency key",
+        ),
+    ];
+    for (bearer, body, status, error) in cases {
+        refused(&publish(&env, bearer, body).await, status, error);
+    }
     let not_json = http(
         env.addr,
         "POST",
