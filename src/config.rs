@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// Seconds without traffic or pong before a connection is closed [default: 90]
     #[arg(long, env = "WALCAST_IDLE_TIMEOUT")]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds a new connection has to complete its HTTP request headers [default: 10]
+    #[arg(long, env = "WALCAST_HANDSHAKE_TIMEOUT")]
+    pub handshake_timeout_secs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -151,7 +154,8 @@ impl ServeArgs {
         merge_fields!(self, file; database_url, listen, jwt_secret, slot, publication,
             max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
             rate_limit, rate_burst, max_channels_per_connection, resume_window_secs, resume_window_bytes, max_message_bytes, publish_key,
-            idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs);
+            idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs,
+            handshake_timeout_secs);
         self
     }
 
@@ -199,6 +203,10 @@ impl ServeArgs {
                     .idle_timeout_secs
                     .map(Duration::from_secs)
                     .unwrap_or(defaults.idle_timeout),
+                handshake_timeout: self
+                    .handshake_timeout_secs
+                    .map(Duration::from_secs)
+                    .unwrap_or(defaults.handshake_timeout),
             },
             resume_window: WindowConfig {
                 max_age: self

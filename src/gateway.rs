@@ -15,7 +15,7 @@ use crate::telemetry::Telemetry;
 use crate::ws::{ConnectionLimits, WsContext};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -222,10 +222,13 @@ async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: Cancell
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
+        let handshake_timeout = state.ws.config.handshake_timeout;
         let stop = stop.clone();
         state.sockets.clone().spawn(async move {
             let service = service_fn(move |req| route(Arc::clone(&state), req));
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);

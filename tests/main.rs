@@ -6,6 +6,7 @@ mod bench;
 mod browser;
 mod cli;
 mod db_events;
+mod framing;
 mod http;
 mod lifecycle;
 mod protocol;

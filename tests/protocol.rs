@@ -391,30 +391,6 @@ async fn stalled_client_is_closed_as_slow_consumer_others_keep_receiving() {
     assert_eq!(stalled.closed().await, 4008);
 }
 
-/// Reads one server frame from a raw socket: (opcode, payload).
-async fn raw_frame(stream: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    let mut head = [0u8; 2];
-    stream.read_exact(&mut head).await.expect("frame header");
-    assert_eq!(head[1] & 0x80, 0, "server frames are unmasked");
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            stream.read_exact(&mut b).await.unwrap();
-            u64::from(u16::from_be_bytes(b))
-        }
-        127 => {
-            let mut b = [0u8; 8];
-            stream.read_exact(&mut b).await.unwrap();
-            u64::from_be_bytes(b)
-        }
-        n => u64::from(n),
-    };
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload).await.unwrap();
-    (head[0] & 0x0f, payload)
-}
-
 #[tokio::test]
 async fn server_pings_and_closes_silent_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -13,6 +13,10 @@ pub enum CloseReason {
     IdleTimeout,
     /// A frame RFC 6455 forbids (bad continuation, reserved bits, bad opcode…).
     ProtocolError,
+    /// A client frame without the mask bit (RFC 6455 §5.1).
+    Unmasked,
+    /// A new data frame while a fragmented message is pending (RFC 6455 §5.4).
+    ExpectedContinuation,
     /// Binary frames carry nothing in this protocol.
     Binary,
     /// A text message that is not UTF-8.
@@ -27,11 +31,13 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Normal,
         CloseReason::ShuttingDown,
         CloseReason::IdleTimeout,
         CloseReason::ProtocolError,
+        CloseReason::Unmasked,
+        CloseReason::ExpectedContinuation,
         CloseReason::Binary,
         CloseReason::InvalidUtf8,
         CloseReason::TooBig,
@@ -46,6 +52,8 @@ impl CloseReason {
             CloseReason::ShuttingDown => (1001, "server shutting down"),
             CloseReason::IdleTimeout => (1001, "idle timeout"),
             CloseReason::ProtocolError => (1002, "protocol error"),
+            CloseReason::Unmasked => (1002, "client frames must be masked"),
+            CloseReason::ExpectedContinuation => (1002, "expected a continuation frame"),
             CloseReason::Binary => (1003, "binary frames are not supported"),
             CloseReason::InvalidUtf8 => (1007, "invalid utf-8"),
             CloseReason::TooBig => (1009, "message too big"),
@@ -86,7 +94,7 @@ mod tests {
         let codes: Vec<u16> = CloseReason::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(
             codes,
-            [1000, 1001, 1001, 1002, 1003, 1007, 1009, 1013, 4008]
+            [1000, 1001, 1001, 1002, 1002, 1002, 1003, 1007, 1009, 1013, 4008]
         );
     }
 }

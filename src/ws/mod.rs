@@ -2,6 +2,7 @@
 //! and the per-connection protocol session (PROTOCOL.md §1–3, §5), which the SSE transport
 //! (`crate::sse`) drives too.
 
+pub mod inbound;
 mod limits;
 mod session;
 mod socket;
@@ -31,6 +32,9 @@ pub struct WsConfig {
     pub max_channels: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// A connection whose HTTP request headers (the WebSocket handshake) are not complete
+    /// within this is closed: half-open handshakes must not hold sockets forever.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for WsConfig {
@@ -43,6 +47,7 @@ impl Default for WsConfig {
             max_channels: 1024,
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
+            handshake_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -1,9 +1,9 @@
+use super::inbound::{Inbound, InboundReader};
 use super::session::{Next, Session, Transport};
 use super::WsContext;
 use crate::hub::Outbox;
 use crate::protocol::{encode, frame, CloseReason, Envelope};
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,58 +55,23 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     session.send_init();
     tracing::debug!(sid = session.sid(), "connected");
 
-    let (mut reader, _) =
-        fastwebsockets::after_handshake_split(read_half, tokio::io::sink(), Role::Server);
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    // fastwebsockets refuses payloads >= this, before allocating them.
-    reader.set_max_message_size(ctx.config.max_frame_bytes + 1);
-
+    let mut inbound = InboundReader::new(read_half, ctx.config.max_frame_bytes);
     let reading = async {
-        let mut partial: Option<BytesMut> = None;
         loop {
-            let frame = reader
-                .read_frame::<_, WebSocketError>(&mut |_: Frame<'_>| async { Ok(()) })
-                .await;
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(WebSocketError::FrameTooLarge) => break Some(CloseReason::TooBig),
-                Err(WebSocketError::InvalidUTF8) => break Some(CloseReason::InvalidUtf8),
-                Err(WebSocketError::UnexpectedEOF) | Err(WebSocketError::IoError(_)) => break None,
-                Err(_) => break Some(CloseReason::ProtocolError),
+            let message = match inbound.next().await {
+                Ok(Inbound::Text(message)) => message,
+                Ok(Inbound::Fragment) | Ok(Inbound::Pong) => {
+                    activity.touch();
+                    continue;
+                }
+                Ok(Inbound::Ping(payload)) => {
+                    activity.touch();
+                    outbox.push_control(frame::pong(&payload));
+                    continue;
+                }
+                Err(end) => break end,
             };
             activity.touch();
-            let message = match frame.opcode {
-                OpCode::Text if frame.fin => Bytes::copy_from_slice(&frame.payload),
-                OpCode::Text => {
-                    partial = Some(BytesMut::from(&frame.payload[..]));
-                    continue;
-                }
-                OpCode::Continuation => {
-                    let Some(buf) = partial.as_mut() else {
-                        break Some(CloseReason::ProtocolError);
-                    };
-                    if buf.len() + frame.payload.len() > ctx.config.max_frame_bytes {
-                        break Some(CloseReason::TooBig);
-                    }
-                    buf.extend_from_slice(&frame.payload);
-                    if !frame.fin {
-                        continue;
-                    }
-                    let whole = partial.take().unwrap_or_default().freeze();
-                    if std::str::from_utf8(&whole).is_err() {
-                        break Some(CloseReason::InvalidUtf8);
-                    }
-                    whole
-                }
-                OpCode::Binary => break Some(CloseReason::Binary),
-                OpCode::Ping => {
-                    outbox.push_control(frame::pong(&frame.payload));
-                    continue;
-                }
-                OpCode::Pong => continue,
-                OpCode::Close => break Some(CloseReason::Normal),
-            };
             ctx.telemetry.message_in();
             // Boxed: `handle` (with the auth lookup's database future) is ~2.6 KB, and held inline
             // it would make every idle connection's task that much bigger. One short-lived

@@ -391,3 +391,96 @@ pub async fn http(
 pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http(addr, "GET", path, &[], "").await
 }
+
+/// A raw TCP socket after a completed WebSocket handshake on `/ws`, with the `init` frame read.
+pub async fn raw_ws(addr: SocketAddr) -> TcpStream {
+    raw_ws_sid(addr).await.0
+}
+
+/// [`raw_ws`] and the connection's sid.
+pub async fn raw_ws_sid(addr: SocketAddr) -> (TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
+    stream
+        .write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .expect("handshake send");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.expect("handshake response"));
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let (op, init) = raw_frame(&mut stream).await;
+    assert_eq!(op, 0x1);
+    let init: Value = serde_json::from_slice(&init).expect("init is JSON");
+    assert_eq!(init["type"], "init");
+    let sid = init["data"].as_str().expect("sid").to_owned();
+    (stream, sid)
+}
+
+/// A client frame as RFC 6455 §5.2 lays it out; masked with a fixed key unless `masked` is false.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    let bit = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(bit | n as u8),
+        n if n <= usize::from(u16::MAX) => {
+            out.push(bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    if masked {
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// Reads one server frame from a raw socket: (opcode, payload).
+pub async fn raw_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.expect("frame header");
+    assert_eq!(head[1] & 0x80, 0, "server frames are unmasked");
+    let len = match head[1] & 0x7f {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).await.unwrap();
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).await.unwrap();
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await.unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+/// Reads server frames until a close; returns its code and reason. Bounded by [`WAIT`].
+pub async fn raw_close(stream: &mut TcpStream) -> (u16, String) {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (op, payload) = raw_frame(stream).await;
+            if op == 0x8 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a close frame")
+}
