@@ -187,23 +187,71 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A session JWT as StaticBackend issues it (for `walcast token`, the demo and tests).
+/// A session JWT with StaticBackend's claims (for `walcast token`, the demo and tests).
 pub fn issue_token(secret: &[u8], user_id: Uuid, user_token: &str, ttl_secs: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    let claims = Claims {
+    token_claims(user_id, user_token, now, ttl_secs).encode(secret)
+}
+
+/// Valid from `now` to `now + ttl_secs`. (StaticBackend puts `nbf` 30 minutes ahead, which
+/// standard verifiers refuse and which lies past `exp` for short lifetimes; walcast ignores
+/// `nbf` when verifying, so its own tokens need not copy that.)
+fn token_claims(user_id: Uuid, user_token: &str, now: u64, ttl_secs: u64) -> Claims {
+    Claims {
         token: format!("{user_id}|{user_token}"),
-        exp: Some(now + ttl_secs),
-        nbf: Some(now + 1800),
+        exp: Some(now.saturating_add(ttl_secs)),
+        nbf: Some(now),
         iat: Some(now),
-    };
-    // HS256 over a serialisable struct cannot fail.
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )
-    .unwrap_or_default()
+    }
+}
+
+impl Claims {
+    fn encode(&self, secret: &[u8]) -> String {
+        let claims = self;
+        // HS256 over a serialisable struct cannot fail.
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(jwt: &str, validate_time: bool) -> Result<Claims, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_nbf = validate_time;
+        validation.validate_exp = validate_time;
+        validation.leeway = 0;
+        jsonwebtoken::decode::<Claims>(jwt, &DecodingKey::from_secret(b"s"), &validation)
+            .map(|d| d.claims)
+    }
+
+    #[test]
+    fn short_lived_tokens_are_valid_now_and_nbf_never_follows_exp() {
+        for ttl in [0, 1, 60, 3600, 86_400] {
+            let jwt = issue_token(b"s", Uuid::new_v4(), "t", ttl);
+            let claims = decode(&jwt, false).unwrap();
+            let (nbf, exp, iat) = (
+                claims.nbf.unwrap(),
+                claims.exp.unwrap(),
+                claims.iat.unwrap(),
+            );
+            assert!(nbf <= exp, "ttl {ttl}: nbf {nbf} > exp {exp}");
+            assert_eq!(exp - iat, ttl);
+            if ttl >= 60 {
+                // A standard verifier (nbf checked, no leeway) accepts it right away.
+                decode(&jwt, true).unwrap();
+            }
+        }
+        let far = token_claims(Uuid::nil(), "t", u64::MAX - 1, 60);
+        assert_eq!(far.exp, Some(u64::MAX));
+    }
 }

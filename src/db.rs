@@ -7,10 +7,51 @@ use tokio_postgres::{Client, NoTls};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot connect to PostgreSQL")]
-    Connect(#[source] tokio_postgres::Error),
+    /// `address` is `host:port` or the socket path tried, never credentials.
+    #[error("cannot connect to PostgreSQL at {address}")]
+    Connect {
+        address: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("query failed")]
     Query(#[from] tokio_postgres::Error),
+}
+
+impl DbError {
+    /// Whether retrying unchanged cannot help (refused credentials, no such database, missing
+    /// privileges, a malformed connection string); network and server restarts are transient.
+    pub fn is_permanent(&self) -> bool {
+        let source = match self {
+            DbError::Connect { source, .. } | DbError::Query(source) => source,
+        };
+        match source.code() {
+            Some(code) => walcast_replication::error::sqlstate_is_permanent(code.code()),
+            // No SQLSTATE: a parse error of the connection string is permanent, I/O is not.
+            // tokio-postgres exposes no error kind; its configuration errors say so.
+            None => {
+                let text = source.to_string();
+                text.starts_with("invalid configuration") || text.starts_with("invalid connection")
+            }
+        }
+    }
+}
+
+/// One connection, its driver spawned. Errors name the address tried.
+pub async fn connect(conninfo: &str) -> Result<Client, DbError> {
+    let address = conninfo
+        .parse::<tokio_postgres::Config>()
+        .map(|config| walcast_replication::error::describe_target(&config))
+        .unwrap_or_else(|_| "(invalid connection string)".to_owned());
+    let (client, connection) = tokio_postgres::connect(conninfo, NoTls)
+        .await
+        .map_err(|source| DbError::Connect { address, source })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "database connection ended");
+        }
+    });
+    Ok(client)
 }
 
 #[derive(Debug)]
@@ -38,15 +79,7 @@ impl Database {
         if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(Arc::clone(client));
         }
-        let (client, connection) = tokio_postgres::connect(&self.conninfo, NoTls)
-            .await
-            .map_err(DbError::Connect)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "database connection ended");
-            }
-        });
-        let client = Arc::new(client);
+        let client = Arc::new(connect(&self.conninfo).await?);
         *slot = Some(Arc::clone(&client));
         Ok(client)
     }

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -35,6 +36,13 @@ pub enum GatewayError {
     Prepare(#[source] DbError),
     #[error("cannot start replication")]
     Replication(#[source] ReplicationError),
+    #[error(
+        "replication slot `{slot}` is in use by another process ({message}); stop the other \
+         gateway, or give this one its own slot with --slot"
+    )]
+    SlotInUse { slot: String, message: String },
+    #[error("replication stopped for good")]
+    Stopped(#[source] ReplicationError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -50,6 +58,7 @@ pub struct Gateway {
     accept_stop: CancellationToken,
     accept: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
+    fatal: Option<oneshot::Receiver<ReplicationError>>,
     sockets: TaskTracker,
     pub hub: Arc<Hub>,
     /// The server publish entry point (custom channels, with idempotency keys).
@@ -61,13 +70,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(settings: Settings) -> Result<Gateway, GatewayError> {
-        let db = Arc::new(Database::new(settings.database_url.clone()));
-        prepare(&db).await.map_err(GatewayError::Prepare)?;
-
-        let stream = ReplicationStream::start(replication_config(&settings, None))
-            .await
-            .map_err(GatewayError::Replication)?;
-
+        // The listener first: a taken port must fail before a slot exists that would then
+        // hold WAL on the server with nobody reading it.
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -81,6 +85,10 @@ impl Gateway {
                 addr: settings.listen,
                 source,
             })?;
+
+        let db = Arc::new(Database::new(settings.database_url.clone()));
+        prepare(&db).await.map_err(GatewayError::Prepare)?;
+        let stream = start_replication(&settings).await?;
 
         let root = CancellationToken::new();
         let telemetry = Telemetry::new();
@@ -133,9 +141,11 @@ impl Gateway {
             sockets: sockets.clone(),
         });
 
+        let (fatal_tx, fatal) = oneshot::channel();
         let dispatcher = tokio::spawn(
             dispatch_loop(
                 stream,
+                fatal_tx,
                 recovery_end,
                 settings.clone(),
                 Arc::clone(&hub),
@@ -154,12 +164,26 @@ impl Gateway {
             accept_stop,
             accept,
             dispatcher,
+            fatal: Some(fatal),
             sockets,
             hub,
             publisher,
             sse,
             telemetry,
         })
+    }
+
+    /// Completes when replication stopped on an error that retrying cannot fix (credentials
+    /// refused, privileges or the slot removed, WAL that cannot be decoded); transient ones are
+    /// retried with backoff and never end here. Pending forever while the gateway is healthy.
+    pub async fn failure(&mut self) -> GatewayError {
+        match self.fatal.take() {
+            Some(fatal) => match fatal.await {
+                Ok(error) => GatewayError::Stopped(error),
+                Err(_) => std::future::pending().await,
+            },
+            None => std::future::pending().await,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -178,6 +202,40 @@ impl Gateway {
     }
 }
 
+/// The first replication connection. A slot still held by another session is retried for a
+/// few seconds (after a kill -9 the old walsender lingers until PostgreSQL notices), then
+/// reported with the option to use.
+async fn start_replication(settings: &Settings) -> Result<ReplicationStream, GatewayError> {
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match ReplicationStream::start(replication_config(settings, None)).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) if error.sqlstate() == Some(OBJECT_IN_USE) => {
+                if attempt >= SLOT_IN_USE_ATTEMPTS {
+                    let message = match error {
+                        ReplicationError::Server { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    return Err(GatewayError::SlotInUse {
+                        slot: settings.slot.clone(),
+                        message,
+                    });
+                }
+                tracing::info!(slot = %settings.slot, attempt, "replication slot in use, retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(GatewayError::Replication(error)),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// SQLSTATE 55006, e.g. `replication slot "walcast" is active for PID 4242`.
+const OBJECT_IN_USE: &str = "55006";
+/// 250 ms doubling to 2 s: about 8 s in all.
+const SLOT_IN_USE_ATTEMPTS: u32 = 6;
+
 pub fn replication_config(settings: &Settings, start: Option<Lsn>) -> ReplicationConfig {
     ReplicationConfig {
         conninfo: settings.database_url.clone(),
@@ -189,20 +247,32 @@ pub fn replication_config(settings: &Settings, start: Option<Lsn>) -> Replicatio
     }
 }
 
-/// The gateway's own schema objects (replica identity of repos, the DDL event trigger).
-pub async fn prepare(db: &Database) -> Result<(), DbError> {
+/// What [`prepare`] could install.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    Complete,
+    /// The role may not create event triggers: tables created later keep their replica
+    /// identity and deletes there reach root users only (fail closed).
+    WithoutEventTrigger,
+}
+
+/// The gateway's own schema objects (replica identity of repos, the DDL event trigger), under
+/// the same advisory lock as `walcast migrate`.
+pub async fn prepare(db: &Database) -> Result<Prepared, DbError> {
     let client = db.client().await?;
-    let tx_result = client.batch_execute(crate::schema::WALCAST).await;
-    if let Err(error) = tx_result {
-        // Event triggers need a superuser; without one, tables created later keep their
-        // replica identity and deletes there reach root users only (fail closed).
-        tracing::warn!(
-            error = &error as &dyn std::error::Error,
-            "could not install the walcast event trigger; run `walcast migrate` as a superuser"
-        );
-        client.batch_execute("SELECT 1").await?;
+    match crate::schema::apply(&client, crate::schema::WALCAST).await {
+        Ok(()) => Ok(Prepared::Complete),
+        Err(DbError::Query(error))
+            if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
+        {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "could not install the walcast event trigger; run `walcast migrate` as a superuser"
+            );
+            Ok(Prepared::WithoutEventTrigger)
+        }
+        Err(error) => Err(error),
     }
-    Ok(())
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
@@ -246,8 +316,10 @@ async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: Cancell
 /// Reads committed transactions, turns them into events, hands them to the hub and only then
 /// confirms their end LSN. Reconnects with backoff when the stream fails, resuming after the
 /// last dispatched transaction (never re-sending one).
+#[allow(clippy::too_many_arguments)]
 async fn dispatch_loop(
     mut stream: ReplicationStream,
+    fatal: oneshot::Sender<ReplicationError>,
     recovery_end: Lsn,
     settings: Settings,
     hub: Arc<Hub>,
@@ -278,6 +350,15 @@ async fn dispatch_loop(
             };
             let tx = match next {
                 Some(Ok(tx)) => tx,
+                Some(Err(error)) if error.is_permanent() => {
+                    tracing::error!(
+                        error = &error as &dyn std::error::Error,
+                        "replication failed for good"
+                    );
+                    streaming.store(false, Ordering::Release);
+                    let _ = fatal.send(error);
+                    return;
+                }
                 Some(Err(error)) => {
                     tracing::error!(
                         error = &error as &dyn std::error::Error,
@@ -324,9 +405,18 @@ async fn dispatch_loop(
             let start = (last_dispatched > Lsn::ZERO).then_some(last_dispatched);
             match ReplicationStream::start(replication_config(&settings, start)).await {
                 Ok(stream) => break stream,
+                Err(error) if error.is_permanent() => {
+                    tracing::error!(
+                        error = &error as &dyn std::error::Error,
+                        "replication cannot restart"
+                    );
+                    let _ = fatal.send(error);
+                    return;
+                }
                 Err(error) => tracing::warn!(
                     error = &error as &dyn std::error::Error,
-                    "replication restart failed"
+                    ?backoff,
+                    "replication restart failed, retrying"
                 ),
             }
         };

@@ -38,32 +38,35 @@ pub const DEMO_USERS: [(&str, &str, &str, &str, &str, &str); 3] = [
     ),
 ];
 
-/// Runs one embedded script in a transaction. Concurrent first starts are serialised by an
-/// advisory lock so that `CREATE ... IF NOT EXISTS` races cannot fail either of them.
-pub async fn apply(client: &mut Client, script: &str) -> Result<(), DbError> {
-    let tx = client.transaction().await?;
-    tx.batch_execute("SELECT pg_advisory_xact_lock(7708391)")
+/// Runs one embedded script in a transaction. Concurrent starts (`migrate`, `up`, several
+/// `serve`) are serialised by one advisory lock so that `CREATE ... IF NOT EXISTS` and
+/// `CREATE OR REPLACE` races cannot fail any of them. Takes a shared client: the gateway's
+/// connection is shared, and nothing else uses it before the gateway has started.
+pub async fn apply(client: &Client, script: &str) -> Result<(), DbError> {
+    client
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7708391)")
         .await?;
-    tx.batch_execute(script).await?;
-    tx.commit().await?;
+    let applied = async {
+        client.batch_execute(script).await?;
+        client.batch_execute("COMMIT").await
+    }
+    .await;
+    if let Err(error) = applied {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(error.into());
+    }
     Ok(())
 }
 
 /// Connects to `url` and applies [`migrate`] over a connection of its own, closed afterwards
 /// (`walcast migrate`, `walcast up`, the gateway `walcast bench` starts).
 pub async fn migrate_url(url: &str, with_demo: bool) -> Result<(), DbError> {
-    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(DbError::Connect)?;
-    let connection = tokio::spawn(connection);
-    let migrated = migrate(&mut client, with_demo).await;
-    drop(client);
-    let _ = connection.await;
-    migrated
+    let client = crate::db::connect(url).await?;
+    migrate(&client, with_demo).await
 }
 
 /// `walcast migrate`: the StaticBackend layout, then the gateway's own preparation.
-pub async fn migrate(client: &mut Client, with_demo: bool) -> Result<(), DbError> {
+pub async fn migrate(client: &Client, with_demo: bool) -> Result<(), DbError> {
     apply(client, STATICBACKEND).await?;
     apply(client, WALCAST).await?;
     if with_demo {

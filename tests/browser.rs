@@ -227,7 +227,7 @@ async fn demo_pages_follow_sql_and_chat_across_a_gateway_restart() {
         .expect("start private PostgreSQL");
     let url = postgres.create_database().await.expect("create database");
     let mut db = connect(&url).await;
-    walcast::schema::migrate(&mut db, true)
+    walcast::schema::migrate(&db, true)
         .await
         .expect("migrate with the demo app");
     let mut settings = Settings::new(url, SECRET);

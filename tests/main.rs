@@ -15,4 +15,5 @@ mod repo_rule;
 mod resume;
 mod sse;
 mod staticbackend_js;
+mod startup;
 mod tail;

@@ -459,7 +459,16 @@ mod tests {
             .await,
             ReplicationError::Config(_)
         ));
-        // Nothing listens on port 1.
-        assert!(matches!(bad(base).await, ReplicationError::Io(_)));
+        // Nothing listens on port 1; the error names the address tried, not the credentials.
+        let refused = bad(ReplicationConfig {
+            conninfo: "postgres://x:hunter2@127.0.0.1:1/db".into(),
+            ..base
+        })
+        .await;
+        assert!(matches!(refused, ReplicationError::Connect { .. }));
+        assert_eq!(
+            refused.to_string(),
+            "cannot connect to PostgreSQL at 127.0.0.1:1"
+        );
     }
 }

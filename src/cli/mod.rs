@@ -72,12 +72,20 @@ pub async fn run(cli: Cli) -> Result<()> {
                 None => args,
             };
             let settings = args.resolve()?;
-            let gateway = Gateway::start(settings)
+            let mut gateway = Gateway::start(settings)
                 .await
                 .context("starting the gateway")?;
-            wait_for_signal().await?;
-            gateway.shutdown().await;
-            Ok(())
+            let signal = shutdown_signal()?;
+            tokio::select! {
+                _ = signal => {
+                    gateway.shutdown().await;
+                    Ok(())
+                }
+                failure = gateway.failure() => {
+                    gateway.shutdown().await;
+                    Err(anyhow::Error::new(failure))
+                }
+            }
         }
         Command::Up(args) => up::run(args).await,
         Command::Tail(args) => tail::run(args).await,
@@ -103,12 +111,6 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
-}
-
-/// SIGINT or SIGTERM.
-pub async fn wait_for_signal() -> Result<()> {
-    shutdown_signal()?.await;
-    Ok(())
 }
 
 /// Listens for SIGINT and SIGTERM from the moment it is called (not from the first poll), so a

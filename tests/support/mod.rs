@@ -64,9 +64,7 @@ impl TestEnv {
             .expect("start private PostgreSQL");
         let url = postgres.create_database().await.expect("create database");
         let mut db = connect(&url).await;
-        walcast::schema::migrate(&mut db, false)
-            .await
-            .expect("migrate");
+        walcast::schema::migrate(&db, false).await.expect("migrate");
         let mut settings = Settings::new(url.clone(), SECRET);
         settings.listen = "127.0.0.1:0".parse().unwrap();
         tune(&mut settings);

@@ -99,10 +99,13 @@ impl Connection {
         match tokio::time::timeout(connect_timeout(config), handshake).await {
             Ok(result) => result?,
             Err(_) => {
-                return Err(ReplicationError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no reply to startup within the connect timeout",
-                )))
+                return Err(ReplicationError::Connect {
+                    address: crate::error::describe_target(config),
+                    source: io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no reply to startup within the connect timeout",
+                    ),
+                })
             }
         }
         Ok(conn)
@@ -320,9 +323,10 @@ async fn open_socket(config: &tokio_postgres::Config) -> Result<Socket, Replicat
             Err(_) => last_err = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         }
     }
-    Err(ReplicationError::Io(
-        last_err.unwrap_or_else(|| io::Error::other("no host")),
-    ))
+    Err(ReplicationError::Connect {
+        address: crate::error::describe_target(config),
+        source: last_err.unwrap_or_else(|| io::Error::other("no host")),
+    })
 }
 
 /// "15.4 (Debian 15.4-1)" → 150004; "9.6.24" → 90624; unknown → 0.

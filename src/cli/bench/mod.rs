@@ -40,6 +40,12 @@ pub enum BenchError {
     EmbeddedPostgres(#[source] walcast_replication::embedded::EmbeddedError),
     #[error("PostgreSQL error")]
     Database(#[source] tokio_postgres::Error),
+    #[error(transparent)]
+    Db(walcast::db::DbError),
+    #[error(
+        "the database has no walcast helpers (sb.walcast_create_app): run `walcast migrate --database-url <url>` on it first"
+    )]
+    NotMigrated,
     #[error("applying the schema failed")]
     Schema(#[source] walcast::db::DbError),
     #[error("cannot start the gateway process")]

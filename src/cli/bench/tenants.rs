@@ -16,15 +16,7 @@ pub struct BenchUser {
 }
 
 pub async fn connect(url: &str) -> Result<Client, BenchError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(BenchError::Database)?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "bench database connection ended");
-        }
-    });
-    Ok(client)
+    walcast::db::connect(url).await.map_err(BenchError::Db)
 }
 
 /// Creates the app and repo (idempotent) and `accounts` fresh accounts with one user each.
@@ -33,6 +25,17 @@ pub async fn create(
     accounts: usize,
     jwt_secret: &str,
 ) -> Result<Vec<BenchUser>, BenchError> {
+    let migrated: bool = client
+        .query_one(
+            "SELECT to_regprocedure('sb.walcast_create_app(text)') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(BenchError::Database)?
+        .get(0);
+    if !migrated {
+        return Err(BenchError::NotMigrated);
+    }
     client
         .execute("SELECT sb.walcast_create_app($1)", &[&APP])
         .await
