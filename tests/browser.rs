@@ -226,7 +226,7 @@ async fn demo_pages_follow_sql_and_chat_across_a_gateway_restart() {
         .await
         .expect("start private PostgreSQL");
     let url = postgres.create_database().await.expect("create database");
-    let mut db = connect(&url).await;
+    let db = connect(&url).await;
     walcast::schema::migrate(&db, true)
         .await
         .expect("migrate with the demo app");

@@ -63,7 +63,7 @@ impl TestEnv {
             .await
             .expect("start private PostgreSQL");
         let url = postgres.create_database().await.expect("create database");
-        let mut db = connect(&url).await;
+        let db = connect(&url).await;
         walcast::schema::migrate(&db, false).await.expect("migrate");
         let mut settings = Settings::new(url.clone(), SECRET);
         settings.listen = "127.0.0.1:0".parse().unwrap();
