@@ -72,20 +72,22 @@ impl Gateway {
     pub async fn start(settings: Settings) -> Result<Gateway, GatewayError> {
         // The listener first: a taken port must fail before a slot exists that would then
         // hold WAL on the server with nobody reading it.
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| GatewayError::Listen {
-                    addr: settings.listen,
-                    source,
-                })?;
+        let listener = bind(settings.listen).await?;
+        Self::start_on(listener, settings).await
+    }
+
+    /// Starts on a listener the caller bound (`walcast up` binds before it starts PostgreSQL);
+    /// `settings.listen` is ignored.
+    pub async fn start_on(
+        listener: TcpListener,
+        settings: Settings,
+    ) -> Result<Gateway, GatewayError> {
         let local_addr = listener
             .local_addr()
             .map_err(|source| GatewayError::Listen {
                 addr: settings.listen,
                 source,
             })?;
-
         let db = Arc::new(Database::new(settings.database_url.clone()));
         prepare(&db).await.map_err(GatewayError::Prepare)?;
         let stream = start_replication(&settings).await?;
@@ -200,6 +202,13 @@ impl Gateway {
         let _ = self.dispatcher.await;
         tracing::info!("walcast stopped");
     }
+}
+
+/// Binds the gateway's listener.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| GatewayError::Listen { addr, source })
 }
 
 /// The first replication connection. A slot still held by another session is retried for a

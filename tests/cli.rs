@@ -27,12 +27,21 @@ struct Up {
 impl Up {
     /// Runs `walcast up` in `dir` and reads stdout up to "Press Ctrl-C to stop.".
     async fn start(dir: &Path) -> Up {
-        let mut child = Command::new(BIN)
+        Self::start_with_env(dir, &[]).await
+    }
+
+    /// [`Up::start`] with extra environment variables.
+    async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Up {
+        let mut command = Command::new(BIN);
+        command.env_remove("DATABASE_URL").env_remove("JWT_SECRET");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .current_dir(dir)
             .args(["up", "--data-dir"])
             .arg(dir.join("pgdata"))
             .args(["--listen", "127.0.0.1:0"])
-            .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -78,6 +87,10 @@ impl Up {
             printed_tokens,
             _stdout: stdout,
         }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().expect("up is running")
     }
 
     /// SIGINT, then the exit code. Bounded above `pg_ctl stop`'s own 60 s, so that a slow stop
@@ -193,4 +206,93 @@ async fn up_from_an_empty_directory_serves_the_demo_and_stops_cleanly() {
     );
     assert_eq!(up.interrupt(&pgdata).await, Some(0));
     assert!(!pgdata.join("postmaster.pid").exists());
+}
+
+/// `walcast up` run to completion with `args`: (exit success, stderr).
+async fn up_once(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = tokio::time::timeout(
+        START_WAIT,
+        Command::new(BIN)
+            .current_dir(dir)
+            .arg("up")
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env_remove("JWT_SECRET")
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("walcast up did not finish")
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn up_ignores_exported_settings_and_says_why_a_second_up_cannot_start() {
+    let dir = empty_dir();
+    let pgdata = dir.path().join("pgdata");
+    // A developer's shell exporting their own app's settings: `up` must not touch that
+    // database (it would fail to start here, since nothing listens on port 1).
+    let up = Up::start_with_env(
+        dir.path(),
+        &[
+            ("DATABASE_URL", "postgres://app:pw@127.0.0.1:1/myapp"),
+            ("JWT_SECRET", "my-apps-secret"),
+        ],
+    )
+    .await;
+    let mut ws = Ws::connect(up.addr, "").await;
+    let demo_signed = &up.printed_tokens[0];
+    ws.auth(demo_signed).await;
+    let claims = jsonwebtoken::decode::<Value>(
+        demo_signed,
+        &jsonwebtoken::DecodingKey::from_secret(b"walcast-demo-secret"),
+        &{
+            let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+            v.validate_nbf = true;
+            v
+        },
+    );
+    assert!(
+        claims.is_ok(),
+        "tokens are signed with the demo secret: {claims:?}"
+    );
+
+    // Second `up` in the same directory: one clear line, not PostgreSQL's log.
+    let pgdata_arg = pgdata.to_str().unwrap();
+    let (ok, stderr) = up_once(
+        dir.path(),
+        &["--data-dir", pgdata_arg, "--listen", "127.0.0.1:0"],
+    )
+    .await;
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("already running (PID {})", up.pid())),
+        "{stderr}"
+    );
+    assert!(stderr.lines().count() <= 3, "{stderr}");
+
+    // Second `up` elsewhere on the same port: suggests --listen, and initialises nothing.
+    let other = empty_dir();
+    let taken = up.addr.to_string();
+    let (ok, stderr) = up_once(
+        other.path(),
+        &[
+            "--data-dir",
+            other.path().join("pgdata").to_str().unwrap(),
+            "--listen",
+            &taken,
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("--listen"), "{stderr}");
+    assert!(stderr.contains(&taken), "{stderr}");
+    assert!(!other.path().join("pgdata").join("PG_VERSION").exists());
+
+    drop(ws);
+    assert_eq!(up.interrupt(&pgdata).await, Some(0));
 }

@@ -12,28 +12,53 @@ pub struct UpArgs {
     /// Where the embedded PostgreSQL keeps its data (reused on the next run).
     #[arg(long, env = "WALCAST_DATA_DIR", default_value = "walcast-data")]
     pub data_dir: PathBuf,
-    /// Use this PostgreSQL instead of starting one.
-    #[arg(long, env = "DATABASE_URL")]
+    /// Use this PostgreSQL instead of starting one. Only this flag selects an outside database:
+    /// an exported DATABASE_URL (your own app's, say) is never used by `up`, which applies the
+    /// demo schema, publication, slot and event trigger to its database.
+    #[arg(long)]
     pub database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "WALCAST_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: String,
-    /// Session JWT secret of the demo app.
-    #[arg(
-        long,
-        env = "JWT_SECRET",
-        default_value = "walcast-demo-secret",
-        hide_env_values = true
-    )]
+    /// Session JWT secret of the demo app (an exported JWT_SECRET is not used).
+    #[arg(long, default_value = "walcast-demo-secret")]
     pub jwt_secret: String,
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
+    for ignored in ["DATABASE_URL", "JWT_SECRET"] {
+        if std::env::var_os(ignored).is_some() {
+            eprintln!(
+                "Note: {ignored} is set in your environment; `walcast up` ignores it (pass {} to use it).",
+                if ignored == "DATABASE_URL" { "--database-url" } else { "--jwt-secret" }
+            );
+        }
+    }
+    let listen: std::net::SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("invalid --listen address `{}`", args.listen))?;
+    let data_dir = std::path::absolute(&args.data_dir).context("resolving --data-dir")?;
+    if args.database_url.is_none() {
+        if let Some(running) = already_running(&data_dir) {
+            anyhow::bail!("{running}");
+        }
+    }
+    // Bound before PostgreSQL starts: a taken port fails in a second, not after initdb.
+    let listener = match walcast::gateway::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            let next = std::net::SocketAddr::new(listen.ip(), listen.port().wrapping_add(1));
+            return Err(anyhow::Error::new(error).context(format!(
+                "another program (a second `walcast up`?) uses {listen}; choose another address with --listen {next}"
+            )));
+        }
+    };
+
     let mut postgres = None;
     let database_url = match args.database_url.clone() {
         Some(url) => url,
         None => {
-            let data_dir = std::path::absolute(&args.data_dir).context("resolving --data-dir")?;
             let fresh = !data_dir.join("PG_VERSION").exists();
             eprint!(
                 "{} PostgreSQL in {} ",
@@ -41,7 +66,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
                 data_dir.display()
             );
             let started = with_progress(EmbeddedPostgres::start(EmbeddedOptions {
-                data_dir: Some(data_dir),
+                data_dir: Some(data_dir.clone()),
                 ..EmbeddedOptions::default()
             }))
             .await
@@ -53,6 +78,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
             url
         }
     };
+    let pid_file = postgres.as_ref().map(|_| PidFile::create(&data_dir));
     eprint!("Applying schema and demo app … ");
     walcast::schema::migrate_url(&database_url, true)
         .await
@@ -67,7 +93,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     }
     .resolve()?;
     settings.demo = true;
-    let gateway = Gateway::start(settings)
+    let mut gateway = Gateway::start_on(listener, settings)
         .await
         .context("starting the gateway")?;
     let addr = gateway.local_addr();
@@ -77,6 +103,22 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("  demo page:  http://{addr}/");
     println!("  dashboard:  http://{addr}/dashboard");
     println!("  websocket:  ws://{addr}/ws");
+    println!(
+        "  demo API:   http://{addr}/demo/users, http://{addr}/demo/tasks (Bearer <session token>)"
+    );
+    println!("  open as a demo user: http://{addr}/?user=bob@demo.test");
+    match &postgres {
+        Some(postgres) => {
+            println!(
+                "  database:   127.0.0.1:{port} (socket {socket}/.s.PGSQL.{port}), user {user}",
+                port = postgres.port(),
+                socket = postgres.socket_dir().display(),
+                user = postgres.superuser(),
+            );
+            println!("  psql:       psql \"{}\"", postgres.url("postgres"));
+        }
+        None => println!("  database:   the one given with --database-url"),
+    }
     println!("  session tokens (JWT secret {:?}):", args.jwt_secret);
     for (name, email, account, user_id, _, token) in walcast::schema::DEMO_USERS {
         let user = uuid::Uuid::parse_str(user_id)?;
@@ -87,14 +129,70 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!("Press Ctrl-C to stop.");
     let _ = std::io::stdout().flush();
 
-    signal.await;
+    let failure = tokio::select! {
+        _ = signal => None,
+        failure = gateway.failure() => Some(failure),
+    };
     gateway.shutdown().await;
     if let Some(postgres) = postgres {
         eprint!("Stopping PostgreSQL … ");
         postgres.stop().await.context("stopping PostgreSQL")?;
         eprintln!("stopped");
     }
-    Ok(())
+    drop(pid_file);
+    match failure {
+        Some(failure) => Err(anyhow::Error::new(failure)),
+        None => Ok(()),
+    }
+}
+
+/// `walcast-up.pid` in the data directory: which process runs `up` there, so that a second
+/// `up` in the same directory says so at once (instead of PostgreSQL's lock-file error at
+/// the end of its log). Removed on exit.
+struct PidFile(PathBuf);
+
+const PID_FILE: &str = "walcast-up.pid";
+
+impl PidFile {
+    fn create(data_dir: &std::path::Path) -> Option<PidFile> {
+        let path = data_dir.join(PID_FILE);
+        std::fs::write(&path, format!("{}\n", std::process::id())).ok()?;
+        Some(PidFile(path))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Who already runs in `data_dir`: a live `walcast up`, or a live PostgreSQL on that data
+/// directory (`postmaster.pid`, e.g. left by an `up` killed with -9).
+fn already_running(data_dir: &std::path::Path) -> Option<String> {
+    let pid_in = |file: &str| -> Option<i32> {
+        let text = std::fs::read_to_string(data_dir.join(file)).ok()?;
+        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+        (pid > 0 && pid as u32 != std::process::id() && is_alive(pid)).then_some(pid)
+    };
+    let dir = data_dir.display();
+    if let Some(pid) = pid_in(PID_FILE) {
+        return Some(format!(
+            "walcast up is already running (PID {pid}) in {dir}: stop it first (Ctrl-C in its terminal), or use another --data-dir"
+        ));
+    }
+    pid_in("postmaster.pid").map(|pid| {
+        format!(
+            "PostgreSQL is already running (PID {pid}) on {dir}, without its walcast up: stop it with `pg_ctl stop -D {dir}`, or use another --data-dir"
+        )
+    })
+}
+
+fn is_alive(pid: i32) -> bool {
+    // Signal 0 checks existence; EPERM means it exists under another user.
+    // SAFETY: kill(2) with signal 0 sends nothing and touches no memory.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// Prints a dot every half second until `work` is done: initdb and the first start take a few

@@ -1,6 +1,6 @@
 //! Custom-channel fanout: N subscribers on one channel, one publisher sending `chan_in`.
 
-use super::client::{FrameReader, OP_CLOSE};
+use super::client::{FrameReader, OP_CLOSE, OP_TEXT};
 use super::latency::{now_us, stamp};
 use super::subscriber::{self, message, Fleet, Shared};
 use super::target::Target;
@@ -37,7 +37,12 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     let load = Arc::new(Load::default());
     let stop_sending = CancellationToken::new();
     let (read, write, buf) = conn.into_split();
-    let acks = tokio::spawn(read_acks(FrameReader::new(read, buf), shared.stop.clone()));
+    let acks = tokio::spawn(read_acks(
+        FrameReader::new(read, buf),
+        shared.stop.clone(),
+        Arc::clone(&load),
+        joined as u64,
+    ));
     let sender = tokio::spawn(publish(
         write,
         sid,
@@ -65,13 +70,20 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     report.connections = joined;
     report.connect_failures = options.connections - joined;
     report.first_connect_error = first_error.map(|e| e.to_string());
+    report.rate_limited = load.rate_limited.load(Ordering::Relaxed);
     fill_deliveries(&mut report, &load, &totals, &shared, &window);
     Ok(report)
 }
 
 /// The publisher's replies (`ok` per message) must be read or they would back up into its
-/// outbox; they are otherwise ignored.
-async fn read_acks(mut reader: FrameReader, stop: CancellationToken) {
+/// outbox. A `rate limit exceeded` refusal means that message was never published: it is
+/// counted, and its deliveries are no longer expected.
+async fn read_acks(
+    mut reader: FrameReader,
+    stop: CancellationToken,
+    load: Arc<Load>,
+    subscribers: u64,
+) {
     loop {
         let filled = tokio::select! {
             biased;
@@ -82,14 +94,32 @@ async fn read_acks(mut reader: FrameReader, stop: CancellationToken) {
             return;
         }
         let mut closed = false;
+        let mut refused = 0u64;
         if reader
-            .drain(|opcode, _| closed |= opcode == OP_CLOSE)
+            .drain(|opcode, payload| {
+                closed |= opcode == OP_CLOSE;
+                refused += u64::from(opcode == OP_TEXT && is_rate_limit_refusal(payload));
+            })
             .is_err()
             || closed
         {
             return;
         }
+        if refused > 0 {
+            load.rate_limited.fetch_add(refused, Ordering::Relaxed);
+            let _ = load
+                .expected
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |e| {
+                    Some(e.saturating_sub(refused * subscribers))
+                });
+        }
     }
+}
+
+/// The gateway's answer to a `chan_in` over its per-connection rate (PROTOCOL.md §5).
+fn is_rate_limit_refusal(payload: &[u8]) -> bool {
+    serde_json::from_slice::<super::client::Reply>(payload)
+        .is_ok_and(|reply| reply.kind == "error" && reply.data == "rate limit exceeded")
 }
 
 #[allow(clippy::too_many_arguments)]

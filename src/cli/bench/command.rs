@@ -122,5 +122,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     } else {
         print!("{}", report.table());
     }
+    if let Some(hint) = report.rate_limit_hint() {
+        eprintln!("warning: {hint}");
+    }
     Ok(())
 }

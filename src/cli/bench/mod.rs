@@ -199,6 +199,8 @@ struct Load {
     sent: AtomicU64,
     /// Deliveries the sent messages should produce.
     expected: AtomicU64,
+    /// Sent messages the server refused with `rate limit exceeded` (never published).
+    rate_limited: AtomicU64,
 }
 
 /// Whether a flat-out sender must wait: more than `window` messages per subscriber outstanding.

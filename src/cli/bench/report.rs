@@ -75,6 +75,9 @@ pub struct Report {
     pub latency: Latency,
     pub missed: u64,
     pub undelivered: u64,
+    /// Messages the server refused with `rate limit exceeded` (channel scenario); they are not
+    /// counted in `expected_deliveries`.
+    pub rate_limited: u64,
     pub slow_consumer_closes: u64,
     pub lost_connections: u64,
     pub server: Server,
@@ -101,6 +104,18 @@ fn thousands(n: f64) -> String {
 }
 
 impl Report {
+    /// What the operator should change when the target throttled the run, if it did.
+    pub fn rate_limit_hint(&self) -> Option<String> {
+        (self.rate_limited > 0).then(|| {
+            format!(
+                "the gateway refused {} of {} messages with \"rate limit exceeded\" (its \
+                 per-connection limit, 100 messages/s by default): start it with \
+                 --rate-limit 0 (or a higher --rate-limit and --rate-burst), or lower --rate",
+                self.rate_limited, self.sent
+            )
+        })
+    }
+
     pub fn table(&self) -> String {
         let mut t = String::new();
         let mut row = |k: &str, v: String| {
@@ -169,6 +184,9 @@ impl Report {
                 "missed / undelivered",
                 format!("{} / {}", self.missed, self.undelivered),
             );
+            if self.rate_limited > 0 {
+                row("refused (rate limit)", self.rate_limited.to_string());
+            }
             row(
                 "slow-consumer closes",
                 self.slow_consumer_closes.to_string(),

@@ -53,8 +53,8 @@ pub async fn create(
     client
         .execute(
             &format!(
-                "INSERT INTO \"{APP}\".sb_accounts (id, email) \
-                 SELECT a, a::text || '@bench.test' FROM unnest($1::uuid[]) AS t(a)"
+                "INSERT INTO \"{APP}\".sb_accounts (id, email, created) \
+                 SELECT a, a::text || '@bench.test', now() FROM unnest($1::uuid[]) AS t(a)"
             ),
             &[&account_ids],
         )
@@ -63,8 +63,8 @@ pub async fn create(
     client
         .execute(
             &format!(
-                "INSERT INTO \"{APP}\".sb_tokens (id, account_id, token, email, password, role, reset_code) \
-                 SELECT u, a, t, t || '@bench.test', '', 0, '' \
+                "INSERT INTO \"{APP}\".sb_tokens (id, account_id, token, email, password, role, reset_code, created) \
+                 SELECT u, a, t, t || '@bench.test', '', 0, '', now() \
                  FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS x(u, a, t)"
             ),
             &[&user_ids, &account_ids, &tokens],
@@ -86,8 +86,8 @@ pub async fn create(
 /// Inserts rows for ($1 accounts, $2 owners, $3 data texts) in one statement, in array order.
 pub fn insert_sql() -> String {
     format!(
-        "INSERT INTO \"{APP}\".\"{REPO}\" (account_id, owner_id, data) \
-         SELECT a, o, d::jsonb FROM unnest($1::uuid[], $2::uuid[], $3::text[]) \
+        "INSERT INTO \"{APP}\".\"{REPO}\" (account_id, owner_id, data, created) \
+         SELECT a, o, d::jsonb, now() FROM unnest($1::uuid[], $2::uuid[], $3::text[]) \
          WITH ORDINALITY AS t(a, o, d, n) ORDER BY n"
     )
 }
