@@ -218,6 +218,9 @@ async fn up_once(dir: &Path, args: &[&str]) -> (bool, String) {
             .args(args)
             .env_remove("DATABASE_URL")
             .env_remove("JWT_SECRET")
+            // As a user sees it: no backtrace under the message.
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_LIB_BACKTRACE")
             .stdin(Stdio::null())
             .output(),
     )

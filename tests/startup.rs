@@ -63,7 +63,7 @@ async fn a_slot_in_use_names_the_option_to_change() {
 #[tokio::test]
 async fn concurrent_starts_prepare_under_one_lock() {
     let env = TestEnv::start().await;
-    let fresh = env.cluster.create_database().await.unwrap();
+    let fresh = env.postgres.create_database().await.unwrap();
     connect(&fresh)
         .await
         .batch_execute(walcast::schema::STATICBACKEND)
@@ -86,7 +86,7 @@ async fn refused_credentials_stop_the_gateway_with_the_cause() {
     env.shutdown().await;
     env.sql("CREATE ROLE gw LOGIN SUPERUSER REPLICATION").await;
     let dbname = env.url.rsplit('/').next().unwrap();
-    let url = format!("postgres://gw@127.0.0.1:{}/{dbname}", env.cluster.port());
+    let url = format!("postgres://gw@127.0.0.1:{}/{dbname}", env.postgres.port());
     let mut settings = Settings::new(url, SECRET);
     settings.listen = "127.0.0.1:0".parse().unwrap();
     let mut gateway = Gateway::start(settings).await.expect("start as gw");

@@ -106,7 +106,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!(
         "  demo API:   http://{addr}/demo/users, http://{addr}/demo/tasks (Bearer <session token>)"
     );
-    println!("  open as a demo user: http://{addr}/?user=bob@demo.test");
+    println!("  as a user:  http://{addr}/?user=bob%40demo.test (any demo email below)");
     match &postgres {
         Some(postgres) => {
             println!(
