@@ -47,6 +47,7 @@ async fn publish_reaches_websocket_and_sse_members_once_per_key() {
     .await;
     assert_eq!(sent.status, 200, "{sent:?}");
     assert_eq!(sent.json(), json!({"ok": true, "delivered": 2}));
+    assert_eq!(sent.header("access-control-allow-origin"), Some("*"));
     for msg in [ws.recv().await, sse.recv().await] {
         assert_eq!(
             msg,
@@ -195,6 +196,16 @@ async fn publish_refusals_each_get_their_error() {
     for (bearer, body, status, error) in cases {
         refused(&publish(&env, bearer, body).await, status, error);
     }
+    // The key alone, without a scheme, is accepted too.
+    let bare = http(
+        env.addr,
+        "POST",
+        "/publish",
+        &[("Authorization", KEY)],
+        &json!({"app": id, "channel": "news", "data": "x"}).to_string(),
+    )
+    .await;
+    assert_eq!(bare.json(), json!({"ok": true, "delivered": 0}));
     let not_json = http(
         env.addr,
         "POST",

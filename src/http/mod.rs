@@ -2,6 +2,7 @@
 //! (`/publish`), health and readiness, metrics, the client library, the demo page and the
 //! dashboard.
 
+mod cors;
 mod demo;
 mod publish;
 mod sse;
@@ -78,7 +79,7 @@ pub async fn route(
         (&Method::POST, "/sse/msg") => {
             sse::message(&state.sse, req, state.ws.config.max_frame_bytes).await
         }
-        (&Method::OPTIONS, "/sse/msg" | "/sse/connect") => sse::preflight(),
+        (&Method::OPTIONS, "/sse/msg" | "/sse/connect" | "/publish") => cors::preflight(),
         (&Method::POST, "/publish") => state.publish.handle(req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {

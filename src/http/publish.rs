@@ -106,7 +106,7 @@ impl Refusal {
 
 impl PublishApi {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        match self.publish(req).await {
+        let mut response = match self.publish(req).await {
             Ok(Published::Delivered(delivery)) => respond(
                 StatusCode::OK,
                 "application/json",
@@ -118,7 +118,9 @@ impl PublishApi {
                 json!({"ok": true, "duplicate": true}).to_string(),
             ),
             Err(refusal) => refusal.response(),
-        }
+        };
+        super::cors::allow_any_origin(&mut response);
+        response
     }
 
     async fn publish(&self, req: Request<Incoming>) -> Result<Published, Refusal> {
@@ -126,8 +128,7 @@ impl PublishApi {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|v| v.trim().to_owned())
+            .map(bearer_credential)
             .filter(|v| !v.is_empty());
         let header_app = super::app_key(&req);
         // JSON escapes can make the body up to six times the data it carries.
@@ -197,5 +198,28 @@ impl PublishApi {
                 Err(Refusal::DIRECTORY)
             }
         }
+    }
+}
+
+/// The credential of an `Authorization` value: after a `Bearer` scheme (any case), or the whole
+/// value when it names no scheme.
+fn bearer_credential(value: &str) -> String {
+    let value = value.trim();
+    match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim().to_owned(),
+        _ => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_credentials() {
+        assert_eq!(bearer_credential("Bearer k1"), "k1");
+        assert_eq!(bearer_credential("bearer  k2 "), "k2");
+        assert_eq!(bearer_credential("k3"), "k3");
+        assert_eq!(bearer_credential("Bearer"), "Bearer");
     }
 }

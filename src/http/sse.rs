@@ -1,27 +1,15 @@
-//! The HTTP edge of the SSE transport (PROTOCOL.md §1b): `GET /sse/connect`, `POST /sse/msg`,
-//! and the CORS a browser on another origin needs for both.
+//! The HTTP edge of the SSE transport (PROTOCOL.md §1b): `GET /sse/connect` and
+//! `POST /sse/msg`.
 
+use super::cors::allow_any_origin;
 use super::{app_key, read_body, Body};
 use crate::sse::{Posted, SseStreams};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, CACHE_CONTROL, CONTENT_TYPE,
-};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use std::sync::Arc;
-
-/// Headers a browser may send on `POST /sse/msg` (the client sends all three). Named: a `*`
-/// never covers `Authorization`.
-const ALLOWED_HEADERS: &str = "Authorization, Content-Type, SB-PUBLIC-KEY";
-
-fn allow_any_origin(response: &mut Response<Body>) {
-    response
-        .headers_mut()
-        .insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-}
 
 /// `GET /sse/connect?sbpk=<app>`: 200 and the event stream (`init` first).
 pub fn connect(streams: &Arc<SseStreams>, req: &Request<Incoming>) -> Response<Body> {
@@ -59,24 +47,6 @@ pub async fn message(
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    allow_any_origin(&mut response);
-    response
-}
-
-/// `OPTIONS` preflight for the SSE routes: 204, no key or auth needed.
-pub fn preflight() -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::new()).boxed_unsync());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    let headers = response.headers_mut();
-    headers.insert(
-        ACCESS_CONTROL_ALLOW_METHODS,
-        HeaderValue::from_static("GET, POST, OPTIONS"),
-    );
-    headers.insert(
-        ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static(ALLOWED_HEADERS),
-    );
-    headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
     allow_any_origin(&mut response);
     response
 }
