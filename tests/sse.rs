@@ -293,3 +293,74 @@ async fn sse_streams_end_at_shutdown() {
     let comments = sse.ended().await;
     assert!(comments.iter().any(|c| c.contains("1001")), "{comments:?}");
 }
+
+#[tokio::test]
+async fn stalled_sse_client_is_dropped_as_slow_consumer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::start_with(|s| s.ws.max_outbound_bytes = 256 * 1024).await;
+    let app = env.create_app("acme").await;
+    let account = env.create_account(&app).await;
+    let alice = env.create_user(&app, account, 0).await;
+    let bob = env.create_user(&app, account, 0).await;
+    let gateway = env.gateway.as_ref().unwrap();
+
+    // A stream read up to its `init`, then never again.
+    let mut stalled = tokio::net::TcpStream::connect(env.addr).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /sse/connect?sbpk={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                app.id
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let sid = loop {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, stalled.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream ended before init");
+        head.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&head);
+        if let Some(rest) = text.split_once(r#""type":"init","data":""#) {
+            if let Some((sid, _)) = rest.1.split_once('"') {
+                break sid.to_owned();
+            }
+        }
+    };
+    for (kind, data) in [("auth", alice.jwt.as_str()), ("join", "room")] {
+        let msg = json!({"sid": sid, "type": kind, "data": data, "token": alice.jwt});
+        let answer = http(env.addr, "POST", "/sse/msg", &[], &msg.to_string()).await;
+        assert_eq!(answer.status, 200);
+    }
+    assert_eq!(gateway.sse.len(), 1);
+
+    let data = "z".repeat(60 * 1024);
+    for _ in 0..2000 {
+        if gateway.sse.is_empty() {
+            break;
+        }
+        gateway
+            .publisher
+            .server_publish("acme", "room", &data, None)
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+    eventually("the stalled stream is dropped", || gateway.sse.is_empty()).await;
+    eventually("its channel is left", || gateway.hub.channel_count() == 0).await;
+
+    // Nobody else was held up: a new member gets the next message at once.
+    let mut ws = env.ws_as(&bob).await;
+    ws.join("room").await;
+    gateway
+        .publisher
+        .server_publish("acme", "room", "after", None)
+        .await
+        .unwrap();
+    assert_eq!(ws.recv().await["data"], "after");
+}

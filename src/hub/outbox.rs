@@ -104,6 +104,11 @@ impl Outbox {
         self.lock().closing.is_some()
     }
 
+    /// Why the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.lock().closing
+    }
+
     /// Resolves once closing has been requested (by anyone, for any reason). No polling: a
     /// timer per connection would wake every idle connection several times a second.
     pub async fn closing(&self) {

@@ -90,10 +90,18 @@ pub async fn write(ctx: &WsContext, outbox: &Outbox, sender: mpsc::Sender<Bytes>
                 events(&mut batch)
             }
         };
-        // A client that takes nothing for a whole idle period is gone or stalled.
-        let sent = tokio::time::timeout(ctx.config.idle_timeout, sender.send(chunk)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            break None;
+        // A client that takes nothing for a whole idle period is gone or stalled; one whose
+        // queue overflowed meanwhile is dropped at once (what was queued is gone anyway).
+        let sent = tokio::select! {
+            sent = tokio::time::timeout(ctx.config.idle_timeout, sender.send(chunk)) => {
+                matches!(sent, Ok(Ok(())))
+            }
+            _ = slow_consumer(outbox) => false,
+        };
+        if !sent {
+            break outbox
+                .close_reason()
+                .filter(|r| *r == CloseReason::SlowConsumer);
         }
     };
     if let Some(closing) = closing {
@@ -108,6 +116,14 @@ pub async fn write(ctx: &WsContext, outbox: &Outbox, sender: mpsc::Sender<Bytes>
         )));
     }
     outbox.close(CloseReason::Normal);
+}
+
+/// Resolves once the outbox overflowed; never for any other close (those flush first).
+async fn slow_consumer(outbox: &Outbox) {
+    outbox.closing().await;
+    if outbox.close_reason() != Some(CloseReason::SlowConsumer) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Every queued message as one event each, in one chunk (one write for the batch).
