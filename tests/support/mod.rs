@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod model;
 pub mod sse;
 
 use futures_util::{SinkExt, StreamExt};

@@ -273,13 +273,24 @@ impl Connection {
         Ok(())
     }
 
-    /// Sends Terminate and closes the socket; errors are irrelevant at this point.
+    /// Sends Terminate and waits (bounded) for the server to close its end; errors are
+    /// irrelevant at this point. The backend closes its socket only after its exit callbacks
+    /// ran, so once this returns a temporary slot is dropped and a permanent one is free for
+    /// the next session: no caller races the backend's exit.
     pub(crate) async fn terminate(&mut self) {
         frontend::terminate(&mut self.write_buf);
         let _ = self.flush().await;
+        let mut discard = [0u8; 4096];
+        let _ = tokio::time::timeout(SESSION_END_WAIT, async {
+            while matches!(self.socket.read(&mut discard).await, Ok(n) if n > 0) {}
+        })
+        .await;
         let _ = self.socket.shutdown().await;
     }
 }
+
+/// Longest wait for the server to end a terminated session.
+const SESSION_END_WAIT: Duration = Duration::from_secs(10);
 
 /// `connect_timeout` of the connection string, 30 s when unset.
 fn connect_timeout(config: &tokio_postgres::Config) -> Duration {
