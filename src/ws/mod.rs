@@ -2,6 +2,7 @@
 //! and the per-connection protocol session (PROTOCOL.md §1–3, §5), which the SSE transport
 //! (`crate::sse`) drives too.
 
+pub mod deflate;
 pub mod inbound;
 mod limits;
 mod session;
