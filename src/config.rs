@@ -3,6 +3,8 @@
 
 use crate::hub::WindowConfig;
 use crate::publish::IdempotencyConfig;
+use crate::tls::TlsFiles;
+use crate::ws::deflate::{CompressionMode, CompressionPolicy};
 use crate::ws::WsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -29,6 +31,8 @@ pub enum ConfigError {
     Missing(&'static str),
     #[error("invalid listen address `{0}`")]
     Listen(String),
+    #[error("`tls_cert` and `tls_key` go together: set both or neither")]
+    TlsPair,
 }
 
 /// Every serve setting, as flags (with their environment variables). The same keys, in
@@ -100,6 +104,20 @@ pub struct ServeArgs {
     /// Seconds a new connection has to complete its HTTP request headers [default: 10]
     #[arg(long, env = "WALCAST_HANDSHAKE_TIMEOUT")]
     pub handshake_timeout_secs: Option<u64>,
+    /// TLS certificate chain (PEM); with --tls-key the listener speaks only TLS (wss://, https://).
+    /// Re-read on SIGHUP.
+    #[arg(long, env = "WALCAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1). Re-read on SIGHUP.
+    #[arg(long, env = "WALCAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// permessage-deflate: off, on (every text message), or auto (messages of at least
+    /// --compression-threshold bytes) [default: auto]
+    #[arg(long, env = "WALCAST_COMPRESSION", value_enum)]
+    pub compression: Option<CompressionMode>,
+    /// Smallest message compressed in auto mode, in bytes [default: 256]
+    #[arg(long, env = "WALCAST_COMPRESSION_THRESHOLD")]
+    pub compression_threshold: Option<usize>,
 }
 
 /// Resolved settings.
@@ -115,6 +133,8 @@ pub struct Settings {
     pub ws: WsConfig,
     pub resume_window: WindowConfig,
     pub publish: PublishSettings,
+    /// Serve TLS with these PEM files; plain HTTP when `None`.
+    pub tls: Option<TlsFiles>,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
 }
@@ -155,7 +175,7 @@ impl ServeArgs {
             max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
             rate_limit, rate_burst, max_channels_per_connection, resume_window_secs, resume_window_bytes, max_message_bytes, publish_key,
             idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs,
-            handshake_timeout_secs);
+            handshake_timeout_secs, tls_cert, tls_key, compression, compression_threshold);
         self
     }
 
@@ -173,6 +193,11 @@ impl ServeArgs {
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let defaults = WsConfig::default();
         let listen = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::TlsPair),
+        };
         Ok(Settings {
             database_url: self
                 .database_url
@@ -207,6 +232,12 @@ impl ServeArgs {
                     .handshake_timeout_secs
                     .map(Duration::from_secs)
                     .unwrap_or(defaults.handshake_timeout),
+                compression: CompressionPolicy {
+                    mode: self.compression.unwrap_or(defaults.compression.mode),
+                    threshold: self
+                        .compression_threshold
+                        .unwrap_or(defaults.compression.threshold),
+                },
             },
             resume_window: WindowConfig {
                 max_age: self
@@ -230,6 +261,7 @@ impl ServeArgs {
                 },
                 max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             },
+            tls,
             demo: false,
         })
     }
@@ -272,6 +304,30 @@ mod tests {
         assert_eq!(settings.publish.idempotency.window, Duration::from_secs(30));
         assert_eq!(settings.publish.max_message_bytes, 10);
         assert!(!format!("{settings:?}").contains("\"k\""), "key redacted");
+        assert!(settings.tls.is_none(), "plain HTTP by default");
+        assert_eq!(settings.ws.compression, CompressionPolicy::default());
+    }
+
+    #[test]
+    fn tls_and_compression_from_the_file() {
+        let file: ServeArgs = toml::from_str(
+            "database_url = \"postgres://x\"\njwt_secret = \"s\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ncompression = \"on\"\ncompression_threshold = 10\n",
+        )
+        .unwrap();
+        let settings = ServeArgs::default().or(file).resolve().unwrap();
+        let tls = settings.tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
+        );
+        assert_eq!(settings.ws.compression.mode, CompressionMode::On);
+        assert_eq!(settings.ws.compression.threshold, 10);
+        let half: ServeArgs = toml::from_str(
+            "database_url = \"postgres://x\"\njwt_secret = \"s\"\ntls_cert = \"c.pem\"\n",
+        )
+        .unwrap();
+        assert!(matches!(half.resolve(), Err(ConfigError::TlsPair)));
+        assert!(toml::from_str::<ServeArgs>("compression = \"sometimes\"").is_err());
     }
 
     #[test]

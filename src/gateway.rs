@@ -12,6 +12,7 @@ use crate::hub::Hub;
 use crate::publish::{ChannelSink, MemoryIdempotency, Publisher};
 use crate::sse::SseStreams;
 use crate::telemetry::Telemetry;
+use crate::tls::CertificateStore;
 use crate::ws::{ConnectionLimits, WsContext};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -20,9 +21,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -43,6 +46,8 @@ pub enum GatewayError {
     SlotInUse { slot: String, message: String },
     #[error("replication stopped for good")]
     Stopped(#[source] ReplicationError),
+    #[error("cannot load the TLS certificate")]
+    Tls(#[source] crate::tls::TlsError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -60,6 +65,7 @@ pub struct Gateway {
     dispatcher: JoinHandle<()>,
     fatal: Option<oneshot::Receiver<ReplicationError>>,
     sockets: TaskTracker,
+    tls: Option<Arc<CertificateStore>>,
     pub hub: Arc<Hub>,
     /// The server publish entry point (custom channels, with idempotency keys).
     pub publisher: Arc<Publisher>,
@@ -88,6 +94,15 @@ impl Gateway {
                 addr: settings.listen,
                 source,
             })?;
+        // Bad certificate files are refused before a slot is created or anything starts.
+        let tls = match &settings.tls {
+            Some(files) => Some(CertificateStore::open(files.clone()).map_err(GatewayError::Tls)?),
+            None => None,
+        };
+        let acceptor = match &tls {
+            Some(store) => Some(store.acceptor().map_err(GatewayError::Tls)?),
+            None => None,
+        };
         let db = Arc::new(Database::new(settings.database_url.clone()));
         prepare(&db).await.map_err(GatewayError::Prepare)?;
         let stream = start_replication(&settings).await?;
@@ -158,8 +173,11 @@ impl Gateway {
             .instrument(tracing::info_span!("replication", slot = %settings.slot)),
         );
         let accept_stop = root.child_token();
-        let accept = tokio::spawn(accept_loop(listener, state, accept_stop.clone()));
-        tracing::info!(%local_addr, "walcast listening");
+        let accept = tokio::spawn(accept_loop(listener, acceptor, state, accept_stop.clone()));
+        if let Some(store) = &tls {
+            reload_on_hangup(Arc::clone(store), root.child_token());
+        }
+        tracing::info!(%local_addr, tls = tls.is_some(), "walcast listening");
         Ok(Gateway {
             local_addr,
             root,
@@ -168,6 +186,7 @@ impl Gateway {
             dispatcher,
             fatal: Some(fatal),
             sockets,
+            tls,
             hub,
             publisher,
             sse,
@@ -190,6 +209,15 @@ impl Gateway {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Re-reads the TLS certificate and key (what SIGHUP does). New handshakes get the new
+    /// certificate; open connections are untouched.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        match &self.tls {
+            Some(store) => store.reload(),
+            None => Ok(()),
+        }
     }
 
     /// Ordered shutdown (see the module doc). Sockets get `grace` to flush their close frames.
@@ -284,7 +312,12 @@ pub async fn prepare(db: &Database) -> Result<Prepared, DbError> {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: CancellationToken) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<HttpState>,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -301,25 +334,75 @@ async fn accept_loop(listener: TcpListener, state: Arc<HttpState>, stop: Cancell
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::clone(&state);
-        let handshake_timeout = state.ws.config.handshake_timeout;
         let stop = stop.clone();
+        let tls = tls.clone();
         state.sockets.clone().spawn(async move {
-            let service = service_fn(move |req| route(Arc::clone(&state), req));
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+            let Some(tls) = tls else {
+                return serve_http(stream, state, stop).await;
+            };
+            // The TLS handshake is bounded like the request headers that follow it: a client
+            // that opens a socket and says nothing must not hold it.
+            let limit = state.ws.config.handshake_timeout;
+            let handshake = tokio::select! {
+                _ = stop.cancelled() => return,
+                done = tokio::time::timeout(limit, tls.accept(stream)) => done,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_http(stream, state, stop).await,
+                Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                Err(_) => tracing::debug!("TLS handshake timed out"),
             }
         });
     }
+}
+
+/// HTTP/1.1 with upgrades on one connection, plain or TLS, until it ends or the gateway stops.
+async fn serve_http<S>(stream: S, state: Arc<HttpState>, stop: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake_timeout = state.ws.config.handshake_timeout;
+    let service = service_fn(move |req| route(Arc::clone(&state), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// SIGHUP re-reads the certificate; a failed reload is logged and the current one kept.
+fn reload_on_hangup(store: Arc<CertificateStore>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(hangup) => hangup,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; TLS reload disabled");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                received = hangup.recv() => if received.is_none() { return },
+            }
+            match store.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(error) => tracing::error!(
+                    error = &error as &dyn std::error::Error,
+                    "TLS certificate reload failed; keeping the current one"
+                ),
+            }
+        }
+    });
 }
 
 /// Reads committed transactions, turns them into events, hands them to the hub and only then

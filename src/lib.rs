@@ -20,7 +20,8 @@
 //! - [`permission`]: read levels and who may read a row.
 //! - [`hub`]: channel membership, custom-channel publish, db event dispatch, outboxes, the resume
 //!   window (recent transactions replayed to `join` with `since`).
-//! - [`ws`]: socket reader/writer tasks, the protocol session (shared by both transports), limits.
+//! - [`ws`]: socket reader/writer tasks, the protocol session (shared by both transports), limits,
+//!   permessage-deflate.
 //! - [`sse`]: the Server-Sent Events transport (`/sse/connect`, `/sse/msg`) over the same session.
 //! - [`publish`]: custom-channel publishing for `chan_in` and the server publish API (data
 //!   limit, idempotency keys) behind the traits a cluster implementation fills.
@@ -31,6 +32,7 @@
 //! - [`gateway`]: wiring and ordered shutdown.
 //! - [`config`]: `serve` settings (flags over env over TOML file).
 //! - [`telemetry`]: Prometheus metrics.
+//! - [`tls`]: rustls on the listener, certificate re-read on SIGHUP.
 //! - [`bench`]: `walcast bench`, end-to-end load generation against a gateway (or a reference server).
 //! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
 
@@ -48,4 +50,5 @@ pub mod schema;
 pub mod sse;
 pub mod tail;
 pub mod telemetry;
+pub mod tls;
 pub mod ws;

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, SEC_WEBSOCKET_EXTENSIONS};
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -135,14 +135,26 @@ fn upgrade(state: &Arc<HttpState>, mut req: Request<Incoming>) -> Response<Body>
         return text(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
     }
     let key = app_key(&req);
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let deflate = crate::ws::deflate::negotiate(
+        state.ws.config.compression,
+        req.headers()
+            .get_all(SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(_) => return text(StatusCode::BAD_REQUEST, "invalid websocket upgrade\n"),
     };
+    if let Some(agreed) = deflate.and_then(|d| HeaderValue::from_str(&d.response()).ok()) {
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_EXTENSIONS, agreed);
+    }
     let ws = Arc::clone(&state.ws);
     state.sockets.spawn(async move {
         match upgrade.await {
-            Ok(socket) => serve_socket(ws, socket.into_inner(), key).await,
+            Ok(socket) => serve_socket(ws, socket.into_inner(), key, deflate).await,
             Err(error) => {
                 tracing::debug!(error = &error as &dyn std::error::Error, "upgrade failed")
             }

@@ -2,8 +2,7 @@ use super::dbindex::DbChannel;
 use super::{read, Delivery, Hub, Subscriber};
 use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind};
 use crate::permission::{may_read, ReadLevel, Reader, RowAccess};
-use crate::protocol::{encode, frame, ChannelKind, Envelope};
-use bytes::Bytes;
+use crate::protocol::{encode, frame, ChannelKind, Envelope, Outgoing};
 use std::sync::Arc;
 use walcast_replication::Lsn;
 
@@ -26,7 +25,7 @@ struct Frames<'a> {
     event: &'a DocumentEvent,
     channel: &'a str,
     lsn: &'a str,
-    encoded: [Option<Bytes>; 3],
+    encoded: [Option<Outgoing>; 3],
 }
 
 impl<'a> Frames<'a> {
@@ -39,17 +38,17 @@ impl<'a> Frames<'a> {
         }
     }
 
-    fn build(channel: &str, lsn: &str, kind: EventKind, data: &str) -> Bytes {
-        frame::text(&encode(&Envelope {
+    fn build(channel: &str, lsn: &str, kind: EventKind, data: &str) -> Outgoing {
+        Outgoing::shared(frame::text(&encode(&Envelope {
             kind: kind.as_str(),
             data,
             channel,
             lsn: Some(lsn),
             ..Envelope::default()
-        }))
+        })))
     }
 
-    fn get(&mut self, kind: EventKind) -> Bytes {
+    fn get(&mut self, kind: EventKind) -> Outgoing {
         let (event, channel, lsn) = (self.event, self.channel, self.lsn);
         self.encoded[kind.index()]
             .get_or_insert_with(|| match (kind, event.change.document()) {
@@ -67,7 +66,7 @@ impl<'a> Frames<'a> {
     }
 }
 
-fn send(delivery: &mut Delivery, sub: &Arc<Subscriber>, frame: Bytes) {
+fn send(delivery: &mut Delivery, sub: &Arc<Subscriber>, frame: Outgoing) {
     delivery.record(sub.outbox.push(frame));
 }
 
@@ -279,7 +278,7 @@ mod tests {
                     outbox: Arc::new(Outbox::new(1 << 20)),
                 });
                 let channel = Channel::parse(&format!("db-{repo}")).unwrap();
-                hub.join(&sub, &channel, None, |_| Bytes::from_static(b"j"));
+                hub.join(&sub, &channel, None, |_| bytes::Bytes::from_static(b"j"));
                 let mut batch = Vec::new();
                 let _ = sub.outbox.next_batch(&mut batch).now_or_never();
                 subs.push(sub);
@@ -304,7 +303,7 @@ mod tests {
                     let got: Vec<String> = batch
                         .iter()
                         .map(|f| {
-                            let text = String::from_utf8_lossy(f);
+                            let text = String::from_utf8_lossy(f.frame());
                             EventKind::ALL
                                 .into_iter()
                                 .find(|k| text.contains(k.as_str()))

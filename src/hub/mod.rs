@@ -18,7 +18,7 @@ pub use history::WindowConfig;
 pub use outbox::{Outbox, Push};
 
 use crate::permission::{AppName, Reader};
-use crate::protocol::{Channel, ChannelKind};
+use crate::protocol::{Channel, ChannelKind, Outgoing};
 use bytes::Bytes;
 use dbindex::DbChannel;
 use history::History;
@@ -214,8 +214,9 @@ impl Hub {
         let mut delivery = Delivery::default();
         let custom = read(&self.custom);
         if let Some(members) = custom.get(app).and_then(|c| c.get(channel.name())) {
+            let message = Outgoing::shared(frame.clone());
             for outbox in members.values() {
-                delivery.record(outbox.push(frame.clone()));
+                delivery.record(outbox.push(message.clone()));
             }
         }
         delivery

@@ -1,4 +1,4 @@
-use crate::protocol::CloseReason;
+use crate::protocol::{CloseReason, Outgoing};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -15,7 +15,7 @@ pub enum Push {
 
 #[derive(Debug, Default)]
 struct State {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Outgoing>,
     bytes: usize,
     closing: Option<CloseReason>,
 }
@@ -47,7 +47,8 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn push(&self, frame: Bytes) -> Push {
+    pub fn push(&self, frame: impl Into<Outgoing>) -> Push {
+        let frame = frame.into();
         let outcome = {
             let mut state = self.lock();
             if state.closing.is_some() {
@@ -78,7 +79,7 @@ impl Outbox {
             if state.closing.is_some() {
                 return;
             }
-            state.frames.push_back(frame);
+            state.frames.push_back(Outgoing::Frame(frame));
         }
         self.wake.notify_one();
     }
@@ -127,7 +128,7 @@ impl Outbox {
     /// Waits until frames are queued or the connection is closing; moves all queued frames into
     /// `batch` so the writer can send them in one write. Returns the close reason once the queue
     /// is empty and closing was requested.
-    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<CloseReason> {
+    pub async fn next_batch(&self, batch: &mut Vec<Outgoing>) -> Option<CloseReason> {
         loop {
             {
                 let mut state = self.lock();
@@ -209,6 +210,6 @@ mod tests {
         };
         tokio::task::yield_now().await;
         outbox.push(Bytes::from_static(b"x"));
-        assert_eq!(writer.await.unwrap(), vec![Bytes::from_static(b"x")]);
+        assert_eq!(writer.await.unwrap(), [Bytes::from_static(b"x")]);
     }
 }

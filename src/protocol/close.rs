@@ -21,7 +21,9 @@ pub enum CloseReason {
     Binary,
     /// A text message that is not UTF-8.
     InvalidUtf8,
-    /// A message over the inbound size limit.
+    /// A permessage-deflate message that does not inflate.
+    InvalidCompressedData,
+    /// A message over the inbound size limit (inflated size, when compressed).
     TooBig,
     /// Too many connections, globally or for the app.
     ConnectionLimit,
@@ -31,7 +33,7 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, for tests and documentation.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::Normal,
         CloseReason::ShuttingDown,
         CloseReason::IdleTimeout,
@@ -40,6 +42,7 @@ impl CloseReason {
         CloseReason::ExpectedContinuation,
         CloseReason::Binary,
         CloseReason::InvalidUtf8,
+        CloseReason::InvalidCompressedData,
         CloseReason::TooBig,
         CloseReason::ConnectionLimit,
         CloseReason::SlowConsumer,
@@ -56,6 +59,7 @@ impl CloseReason {
             CloseReason::ExpectedContinuation => (1002, "expected a continuation frame"),
             CloseReason::Binary => (1003, "binary frames are not supported"),
             CloseReason::InvalidUtf8 => (1007, "invalid utf-8"),
+            CloseReason::InvalidCompressedData => (1007, "invalid compressed data"),
             CloseReason::TooBig => (1009, "message too big"),
             CloseReason::ConnectionLimit => (1013, "connection limit reached"),
             CloseReason::SlowConsumer => (4008, "slow consumer"),
@@ -94,7 +98,7 @@ mod tests {
         let codes: Vec<u16> = CloseReason::ALL.iter().map(|r| r.code()).collect();
         assert_eq!(
             codes,
-            [1000, 1001, 1001, 1002, 1002, 1002, 1003, 1007, 1009, 1013, 4008]
+            [1000, 1001, 1001, 1002, 1002, 1002, 1003, 1007, 1007, 1009, 1013, 4008]
         );
     }
 }

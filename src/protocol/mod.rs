@@ -6,10 +6,12 @@ mod client;
 mod close;
 mod envelope;
 pub mod frame;
+mod outgoing;
 mod request;
 
 pub use channel::{Channel, ChannelError, ChannelKind, MAX_CHANNEL_LEN, RESERVED_CHANNEL};
 pub use client::{parse_client, ClientMessage, ParseError};
 pub use close::CloseReason;
 pub use envelope::{encode, Envelope};
+pub use outgoing::{Outgoing, SharedText};
 pub use request::{Request, RequestError};

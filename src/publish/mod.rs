@@ -242,7 +242,7 @@ mod tests {
     async fn drain(outbox: &Outbox) -> Vec<Bytes> {
         let mut batch = Vec::new();
         outbox.next_batch(&mut batch).await;
-        batch
+        batch.iter().map(|f| f.frame().clone()).collect()
     }
 
     #[tokio::test]

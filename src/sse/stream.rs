@@ -2,7 +2,7 @@
 //! stream's outbox, with keep-alive comments.
 
 use crate::hub::Outbox;
-use crate::protocol::{encode, frame, CloseReason, Envelope};
+use crate::protocol::{encode, frame, CloseReason, Envelope, Outgoing};
 use crate::ws::WsContext;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
@@ -69,7 +69,7 @@ pub fn refused(message: &str) -> EventBody {
 
 /// Moves the outbox into the body until the stream ends; returns once it has.
 pub async fn write(ctx: &WsContext, outbox: &Outbox, sender: mpsc::Sender<Bytes>) {
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     let mut keep_alive = tokio::time::interval(ctx.config.ping_interval);
     keep_alive.tick().await;
     let mut shutting_down = false;
@@ -127,11 +127,11 @@ async fn slow_consumer(outbox: &Outbox) {
 }
 
 /// Every queued message as one event each, in one chunk (one write for the batch).
-fn events(batch: &mut Vec<Bytes>) -> Bytes {
+fn events(batch: &mut Vec<Outgoing>) -> Bytes {
     let mut out = BytesMut::new();
     for frame in batch.drain(..) {
         // Only text frames are queued for a stream; control frames are WebSocket-only.
-        if let Some(payload) = frame::text_payload(&frame) {
+        if let Some(payload) = frame::text_payload(frame.frame()) {
             push_event(&mut out, &payload);
         }
     }
@@ -153,9 +153,9 @@ mod tests {
     #[test]
     fn batch_becomes_unnamed_events() {
         let mut batch = vec![
-            frame::text(br#"{"type":"init"}"#),
-            frame::ping(b""),
-            frame::text(br#"{"type":"ok"}"#),
+            Outgoing::from(frame::text(br#"{"type":"init"}"#)),
+            Outgoing::from(frame::ping(b"")),
+            Outgoing::shared(frame::text(br#"{"type":"ok"}"#)),
         ];
         assert_eq!(
             &events(&mut batch)[..],

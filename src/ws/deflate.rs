@@ -116,7 +116,9 @@ fn accept_offer(offer: &str, min_bytes: usize) -> Option<Deflate> {
         seen.push(name);
         match (name, value) {
             ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
-            ("server_max_window_bits", Some(value)) => window_bits = Some(window_bits_value(value)?),
+            ("server_max_window_bits", Some(value)) => {
+                window_bits = Some(window_bits_value(value)?)
+            }
             // The client's window only bounds what it sends us; our inflater takes any size up
             // to 15 bits, so we neither need nor send a limit.
             ("client_max_window_bits", None) => {}
@@ -247,7 +249,8 @@ mod tests {
         negotiate(AUTO, offers.iter().copied()).map(|d| d.response())
     }
 
-    const PLAIN: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+    const PLAIN: &str =
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
     #[test]
     fn accepts_the_common_offers() {
@@ -351,7 +354,11 @@ mod tests {
     fn inflation_is_bounded() {
         let bomb = compressed_text_frame(&vec![b'a'; 10 << 20]);
         let payload = payload_of(&bomb);
-        assert!(payload.len() < 65_536, "fits the wire limit: {}", payload.len());
+        assert!(
+            payload.len() < 65_536,
+            "fits the wire limit: {}",
+            payload.len()
+        );
         assert_eq!(inflate(payload, 65_536), Err(InflateError::TooBig));
         let exact = compressed_text_frame(&[b'b'; 1000]);
         assert_eq!(inflate(payload_of(&exact), 1000).unwrap().len(), 1000);

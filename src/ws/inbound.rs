@@ -1,15 +1,18 @@
-//! Client frames → whole text messages (RFC 6455 §5.1–5.6): masking, fragmentation, size and
-//! UTF-8 rules, each violation mapped to its close code.
+//! Client frames → whole text messages (RFC 6455 §5.1–5.6, RFC 7692 §6): masking,
+//! fragmentation, permessage-deflate, size and UTF-8 rules, each violation mapped to its close
+//! code.
 
+use super::deflate::{self, InflateError};
+use super::wire::{ClientFrame, FrameReader, OpCode, WireError};
 use crate::protocol::CloseReason;
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError, WebSocketRead};
 use tokio::io::AsyncRead;
 
 /// What one read produced.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
-    /// A complete text message, valid UTF-8, at most the configured size.
+    /// A complete text message, valid UTF-8, at most the configured size (inflated, when it
+    /// came compressed).
     Text(Bytes),
     /// A non-final fragment was buffered: traffic, but nothing to handle yet.
     Fragment,
@@ -20,58 +23,64 @@ pub enum Inbound {
 /// Why reading ended: `Some` is answered with a close frame, `None` means the socket is gone.
 pub type End = Option<CloseReason>;
 
-/// The server side of one socket's inbound direction. `next` is not cancel-safe (the
-/// underlying `read_frame` is not): call it from a single reader, never inside `select!`.
+/// A fragmented message being assembled.
+struct Partial {
+    bytes: BytesMut,
+    /// RSV1 was set on its first frame.
+    compressed: bool,
+}
+
+/// The server side of one socket's inbound direction. `next` is cancel-safe (see
+/// [`FrameReader`]), but is meant for a single reader.
 pub struct InboundReader<R> {
-    reader: WebSocketRead<R>,
-    partial: Option<BytesMut>,
+    reader: FrameReader<R>,
+    partial: Option<Partial>,
     max_message_bytes: usize,
+    /// permessage-deflate was agreed in the handshake.
+    deflate: bool,
 }
 
 impl<R: AsyncRead + Unpin> InboundReader<R> {
-    pub fn new(read: R, max_message_bytes: usize) -> Self {
-        let (mut reader, _) =
-            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-        reader.set_auto_close(false);
-        reader.set_auto_pong(false);
-        // fastwebsockets refuses payloads >= this, before allocating them.
-        reader.set_max_message_size(max_message_bytes.saturating_add(1));
+    pub fn new(read: R, max_message_bytes: usize, deflate: bool) -> Self {
         InboundReader {
-            reader,
+            reader: FrameReader::new(read, max_message_bytes),
             partial: None,
             max_message_bytes,
+            deflate,
         }
     }
 
     pub async fn next(&mut self) -> Result<Inbound, End> {
-        let mut frame = self
-            .reader
-            .read_frame::<_, WebSocketError>(&mut |_: Frame<'_>| async { Ok(()) })
-            .await
-            .map_err(read_error)?;
+        let frame = self.reader.next().await.map_err(|error| match error {
+            WireError::TooBig => Some(CloseReason::TooBig),
+            WireError::Protocol => Some(CloseReason::ProtocolError),
+            WireError::Gone => None,
+        })?;
         // §5.1: a server must close on an unmasked client frame.
-        if !is_masked(&mut frame) {
+        if !frame.masked {
             return Err(Some(CloseReason::Unmasked));
         }
-        let max = self.max_message_bytes;
-        accept(
-            &mut self.partial,
-            max,
-            frame.fin,
-            frame.opcode,
-            &frame.payload,
-        )
+        // RFC 7692 §6.1: RSV1 only where negotiated, and only on a message's first frame.
+        if frame.rsv1 && (!self.deflate || frame.opcode == OpCode::Continuation) {
+            return Err(Some(CloseReason::ProtocolError));
+        }
+        accept(&mut self.partial, self.max_message_bytes, frame)
     }
 }
 
 /// §5.4–5.6 on one unmasked frame; `partial` is the fragmented message pending, if any.
 fn accept(
-    partial: &mut Option<BytesMut>,
+    partial: &mut Option<Partial>,
     max_message_bytes: usize,
-    fin: bool,
-    opcode: OpCode,
-    payload: &[u8],
+    frame: ClientFrame,
 ) -> Result<Inbound, End> {
+    let ClientFrame {
+        fin,
+        rsv1,
+        opcode,
+        payload,
+        ..
+    } = frame;
     match opcode {
         // A new data frame while a fragmented message is pending is a protocol error,
         // final or not: it may neither interleave with nor replace the pending one.
@@ -79,49 +88,53 @@ fn accept(
             Err(Some(CloseReason::ExpectedContinuation))
         }
         OpCode::Binary => Err(Some(CloseReason::Binary)),
-        OpCode::Text if fin => Ok(Inbound::Text(Bytes::copy_from_slice(payload))),
+        OpCode::Text if fin => whole(payload, rsv1, max_message_bytes),
         OpCode::Text => {
-            *partial = Some(BytesMut::from(payload));
+            *partial = Some(Partial {
+                bytes: BytesMut::from(&payload[..]),
+                compressed: rsv1,
+            });
             Ok(Inbound::Fragment)
         }
         OpCode::Continuation => {
-            let Some(buf) = partial.as_mut() else {
+            let Some(pending) = partial.as_mut() else {
                 return Err(Some(CloseReason::ProtocolError));
             };
-            if buf.len() + payload.len() > max_message_bytes {
+            if pending.bytes.len() + payload.len() > max_message_bytes {
                 return Err(Some(CloseReason::TooBig));
             }
-            buf.extend_from_slice(payload);
+            pending.bytes.extend_from_slice(&payload);
             if !fin {
                 return Ok(Inbound::Fragment);
             }
-            let whole = partial.take().unwrap_or_default().freeze();
-            if std::str::from_utf8(&whole).is_err() {
-                return Err(Some(CloseReason::InvalidUtf8));
+            match partial.take() {
+                Some(done) => whole(done.bytes.freeze(), done.compressed, max_message_bytes),
+                None => Err(Some(CloseReason::ProtocolError)),
             }
-            Ok(Inbound::Text(whole))
         }
-        OpCode::Ping => Ok(Inbound::Ping(Bytes::copy_from_slice(payload))),
+        OpCode::Ping => Ok(Inbound::Ping(payload)),
         OpCode::Pong => Ok(Inbound::Pong),
         OpCode::Close => Err(Some(CloseReason::Normal)),
     }
 }
 
-/// fastwebsockets unmasks in place but keeps the key, and does not itself refuse unmasked
-/// frames on the server side; the header it would write back carries the mask bit.
-fn is_masked(frame: &mut Frame<'_>) -> bool {
-    let mut head = [0u8; 16];
-    frame.fmt_head(&mut head);
-    head[1] & 0x80 != 0
-}
-
-fn read_error(error: WebSocketError) -> End {
-    match error {
-        WebSocketError::FrameTooLarge => Some(CloseReason::TooBig),
-        WebSocketError::InvalidUTF8 => Some(CloseReason::InvalidUtf8),
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => None,
-        _ => Some(CloseReason::ProtocolError),
+/// A complete message: inflated within the limit when compressed (a bomb stops at
+/// `max_message_bytes`), then checked for UTF-8.
+fn whole(raw: Bytes, compressed: bool, max_message_bytes: usize) -> Result<Inbound, End> {
+    let message = if compressed {
+        deflate::inflate(&raw, max_message_bytes).map_err(|error| {
+            Some(match error {
+                InflateError::TooBig => CloseReason::TooBig,
+                InflateError::Corrupt => CloseReason::InvalidCompressedData,
+            })
+        })?
+    } else {
+        raw
+    };
+    if std::str::from_utf8(&message).is_err() {
+        return Err(Some(CloseReason::InvalidUtf8));
     }
+    Ok(Inbound::Text(message))
 }
 
 #[cfg(test)]
@@ -150,7 +163,7 @@ mod tests {
     }
 
     async fn read_all(bytes: Vec<u8>, max: usize) -> (Vec<Inbound>, End) {
-        let mut reader = InboundReader::new(std::io::Cursor::new(bytes), max);
+        let mut reader = InboundReader::new(std::io::Cursor::new(bytes), max, true);
         let mut got = Vec::new();
         loop {
             match reader.next().await {
@@ -237,5 +250,62 @@ mod tests {
         assert_eq!(end, Some(CloseReason::Binary));
         let (_, end) = read_all(frame(true, 8, &[3, 232], true), 100).await;
         assert_eq!(end, Some(CloseReason::Normal));
+    }
+
+    /// A client's compressed message: raw deflate, sync flush, trailer removed.
+    fn client_deflate(text: &[u8]) -> Vec<u8> {
+        let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+        let mut out = Vec::with_capacity(text.len() + 64);
+        c.compress_vec(text, &mut out, flate2::FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    #[tokio::test]
+    async fn compressed_messages_whole_and_fragmented() {
+        let packed = client_deflate(b"{\"type\":\"echo\"}");
+        let mut bytes = frame(true, 0x40 | 1, &packed, true);
+        let (first, rest) = packed.split_at(3);
+        bytes.extend(frame(false, 0x40 | 1, first, true));
+        bytes.extend(frame(true, 0, rest, true));
+        bytes.extend(frame(true, 1, b"plain", true));
+        let (got, end) = read_all(bytes, 100).await;
+        let echo = text("{\"type\":\"echo\"}");
+        assert_eq!(
+            got,
+            vec![
+                echo,
+                Inbound::Fragment,
+                text("{\"type\":\"echo\"}"),
+                text("plain")
+            ]
+        );
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn rsv1_rules_and_inflated_limits() {
+        let packed = client_deflate(b"hello");
+        // RSV1 on a continuation frame.
+        let mut bytes = frame(false, 1, b"he", true);
+        bytes.extend(frame(true, 0x40, b"llo", true));
+        let (_, end) = read_all(bytes, 100).await;
+        assert_eq!(end, Some(CloseReason::ProtocolError));
+        // RSV1 without the extension.
+        let mut reader = InboundReader::new(
+            std::io::Cursor::new(frame(true, 0x40 | 1, &packed, true)),
+            100,
+            false,
+        );
+        assert_eq!(reader.next().await, Err(Some(CloseReason::ProtocolError)));
+        // The limit applies to the inflated size.
+        let bomb = client_deflate(&[b' '; 5000]);
+        assert!(bomb.len() < 100);
+        let (_, end) = read_all(frame(true, 0x40 | 1, &bomb, true), 100).await;
+        assert_eq!(end, Some(CloseReason::TooBig));
+        let (_, end) = read_all(frame(true, 0x40 | 1, &[0xff; 8], true), 100).await;
+        assert_eq!(end, Some(CloseReason::InvalidCompressedData));
     }
 }

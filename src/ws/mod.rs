@@ -7,6 +7,7 @@ pub mod inbound;
 mod limits;
 mod session;
 mod socket;
+mod wire;
 
 pub use limits::{ConnectionLimits, RateLimiter};
 pub use session::{Next, Session, Transport};
@@ -16,6 +17,7 @@ use crate::auth::UserLookup;
 use crate::hub::Hub;
 use crate::publish::Publisher;
 use crate::telemetry::Telemetry;
+use deflate::CompressionPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +38,8 @@ pub struct WsConfig {
     /// A connection whose HTTP request headers (the WebSocket handshake) are not complete
     /// within this is closed: half-open handshakes must not hold sockets forever.
     pub handshake_timeout: Duration,
+    /// permessage-deflate: whether it is negotiated and which messages are compressed.
+    pub compression: CompressionPolicy,
 }
 
 impl Default for WsConfig {
@@ -49,6 +53,7 @@ impl Default for WsConfig {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(90),
             handshake_timeout: Duration::from_secs(10),
+            compression: CompressionPolicy::default(),
         }
     }
 }

@@ -1,9 +1,10 @@
+use super::deflate::{self, Deflate};
 use super::inbound::{Inbound, InboundReader};
 use super::session::{Next, Session, Transport};
 use super::WsContext;
 use crate::hub::Outbox;
-use crate::protocol::{encode, frame, CloseReason, Envelope};
-use bytes::{Bytes, BytesMut};
+use crate::protocol::{encode, frame, CloseReason, Envelope, Outgoing};
+use bytes::BytesMut;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,15 +14,26 @@ use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
 use tracing::Instrument;
 
 /// Serves one upgraded socket until either side ends it. `app_key` is the `sbpk` named at
-/// connect. The socket has exactly one reader (fastwebsockets' `read_frame` is not
-/// cancel-safe, so it is never raced in a `select!`) and one writer.
-pub async fn serve_socket(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>) {
+/// connect; `deflate` what the handshake agreed for permessage-deflate. The socket has exactly
+/// one reader and one writer.
+pub async fn serve_socket(
+    ctx: Arc<WsContext>,
+    io: TokioIo<Upgraded>,
+    app_key: Option<String>,
+    deflate: Option<Deflate>,
+) {
     let conn = crate::hub::new_conn_id();
-    let span = tracing::debug_span!("ws", conn);
-    run(ctx, io, app_key, conn).instrument(span).await;
+    let span = tracing::debug_span!("ws", conn, deflate = deflate.is_some());
+    run(ctx, io, app_key, deflate, conn).instrument(span).await;
 }
 
-async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>, conn: u64) {
+async fn run(
+    ctx: Arc<WsContext>,
+    io: TokioIo<Upgraded>,
+    app_key: Option<String>,
+    deflate: Option<Deflate>,
+    conn: u64,
+) {
     let (read_half, write_half) = tokio::io::split(io);
     let outbox = Arc::new(Outbox::new(ctx.config.max_outbound_bytes));
     let activity = Arc::new(Activity::new());
@@ -30,6 +42,7 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
         Arc::clone(&outbox),
         write_half,
         Arc::clone(&activity),
+        deflate,
     ));
 
     let Some(_global) = ctx.limits.acquire_global() else {
@@ -55,7 +68,7 @@ async fn run(ctx: Arc<WsContext>, io: TokioIo<Upgraded>, app_key: Option<String>
     session.send_init();
     tracing::debug!(sid = session.sid(), "connected");
 
-    let mut inbound = InboundReader::new(read_half, ctx.config.max_frame_bytes);
+    let mut inbound = InboundReader::new(read_half, ctx.config.max_frame_bytes, deflate.is_some());
     let reading = async {
         loop {
             let message = match inbound.next().await {
@@ -129,8 +142,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     outbox: Arc<Outbox>,
     mut out: WriteHalf<W>,
     activity: Arc<Activity>,
+    deflate: Option<Deflate>,
 ) {
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch: Vec<Outgoing> = Vec::new();
     let mut buffer = BytesMut::new();
     let mut ping = tokio::time::interval(ctx.config.ping_interval);
     ping.tick().await;
@@ -158,7 +172,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 // it rather than hold its buffers forever.
                 let written = tokio::time::timeout(
                     ctx.config.idle_timeout,
-                    write_batch(&mut out, &mut batch, &mut buffer),
+                    write_batch(&mut out, &mut batch, &mut buffer, deflate),
                 );
                 if !matches!(written.await, Ok(Ok(()))) {
                     break None;
@@ -182,17 +196,30 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 /// fanout throughput.
 async fn write_batch<W: AsyncWrite + Unpin>(
     out: &mut WriteHalf<W>,
-    batch: &mut Vec<Bytes>,
+    batch: &mut Vec<Outgoing>,
     buffer: &mut BytesMut,
+    deflate: Option<Deflate>,
 ) -> std::io::Result<()> {
-    let result = if batch.len() == 1 {
-        out.write_all(&batch[0]).await
-    } else {
-        buffer.clear();
-        for frame in batch.iter() {
-            buffer.extend_from_slice(frame);
+    let result = match (deflate, batch.len()) {
+        (None, 1) => out.write_all(batch[0].frame()).await,
+        (None, _) => {
+            buffer.clear();
+            for frame in batch.iter() {
+                buffer.extend_from_slice(frame.frame());
+            }
+            out.write_all(buffer).await
         }
-        out.write_all(buffer).await
+        (Some(deflate), _) => {
+            buffer.clear();
+            for frame in batch.iter() {
+                let frame = frame.for_connection(
+                    |len| deflate.compresses(len),
+                    deflate::compressed_text_frame,
+                );
+                buffer.extend_from_slice(&frame);
+            }
+            out.write_all(buffer).await
+        }
     };
     batch.clear();
     if buffer.capacity() > 1 << 20 {

@@ -98,7 +98,7 @@ impl Client {
     fn replies(&self) -> Vec<Value> {
         let mut batch = Vec::new();
         let _ = self.outbox.next_batch(&mut batch).now_or_never();
-        batch.iter().map(text_payload).collect()
+        batch.iter().map(|f| text_payload(f.frame())).collect()
     }
 
     fn send_raw(&mut self, payload: &str) -> Next {

@@ -1,0 +1,230 @@
+//! Client frames off the wire (RFC 6455 §5.2): header, length, mask, payload. Unlike
+//! fastwebsockets' reader it reports RSV1, which permessage-deflate gives a meaning; RSV2/RSV3,
+//! reserved opcodes and malformed control frames are refused here, message-level rules
+//! (fragmentation, RSV1 only when negotiated, UTF-8) are the caller's.
+//!
+//! `next` is cancel-safe: bytes stay in the buffer until a whole frame is there.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn parse(bits: u8) -> Option<OpCode> {
+        Some(match bits {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            _ => return None,
+        })
+    }
+
+    pub fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+}
+
+/// One frame, unmasked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientFrame {
+    pub fin: bool,
+    /// RSV1: with permessage-deflate, the first frame of a compressed message.
+    pub rsv1: bool,
+    pub opcode: OpCode,
+    pub masked: bool,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireError {
+    /// End of stream or an I/O error: nobody to answer.
+    Gone,
+    /// The payload length exceeds the limit (checked before reading it).
+    TooBig,
+    /// RSV2/RSV3, a reserved opcode, a fragmented or oversized control frame.
+    Protocol,
+}
+
+pub struct FrameReader<R> {
+    read: R,
+    buffer: BytesMut,
+    max_payload: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(read: R, max_payload: usize) -> Self {
+        FrameReader {
+            read,
+            buffer: BytesMut::with_capacity(4096),
+            max_payload,
+        }
+    }
+
+    pub async fn next(&mut self) -> Result<ClientFrame, WireError> {
+        loop {
+            if let Some(frame) = self.parse()? {
+                return Ok(frame);
+            }
+            match self.read.read_buf(&mut self.buffer).await {
+                Ok(0) | Err(_) => return Err(WireError::Gone),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// A whole frame from the buffer, or `None` until more bytes arrive.
+    fn parse(&mut self) -> Result<Option<ClientFrame>, WireError> {
+        let buf = &self.buffer[..];
+        if buf.len() < 2 {
+            return Ok(None);
+        }
+        let (b0, b1) = (buf[0], buf[1]);
+        let fin = b0 & 0x80 != 0;
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 {
+            return Err(WireError::Protocol);
+        }
+        let opcode = OpCode::parse(b0 & 0x0F).ok_or(WireError::Protocol)?;
+        let masked = b1 & 0x80 != 0;
+        let (len, at) = match b1 & 0x7F {
+            126 if buf.len() >= 4 => (u64::from(u16::from_be_bytes([buf[2], buf[3]])), 4),
+            127 if buf.len() >= 10 => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&buf[2..10]);
+                (u64::from_be_bytes(be), 10)
+            }
+            126 | 127 => return Ok(None),
+            n => (u64::from(n), 2),
+        };
+        if opcode.is_control() && (!fin || len > 125 || rsv1) {
+            return Err(WireError::Protocol);
+        }
+        let len = usize::try_from(len).map_err(|_| WireError::TooBig)?;
+        if len > self.max_payload {
+            return Err(WireError::TooBig);
+        }
+        let key_len = if masked { 4 } else { 0 };
+        let total = at + key_len + len;
+        if buf.len() < total {
+            self.buffer.reserve(total - buf.len());
+            return Ok(None);
+        }
+        let mut key = [0u8; 4];
+        if masked {
+            key.copy_from_slice(&buf[at..at + 4]);
+        }
+        self.buffer.advance(at + key_len);
+        let mut payload = self.buffer.split_to(len);
+        if masked {
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= key[i & 3];
+            }
+        }
+        Ok(Some(ClientFrame {
+            fin,
+            rsv1,
+            opcode,
+            masked,
+            payload: payload.freeze(),
+        }))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A client frame as a browser sends it: masked with a fixed key.
+    pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first_byte];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let key = [0x11, 0x22, 0x33, 0x44];
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        out
+    }
+
+    async fn read_all(bytes: Vec<u8>, max: usize) -> (Vec<ClientFrame>, WireError) {
+        let mut reader = FrameReader::new(std::io::Cursor::new(bytes), max);
+        let mut frames = Vec::new();
+        loop {
+            match reader.next().await {
+                Ok(frame) => frames.push(frame),
+                Err(end) => return (frames, end),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_masked_frames_of_every_length_class() {
+        let mut bytes = Vec::new();
+        for len in [0, 125, 126, 65_535, 65_536] {
+            bytes.extend(client_frame(0x81, &vec![b'a'; len]));
+        }
+        bytes.extend(client_frame(0xC1, b"compressed"));
+        bytes.extend(client_frame(0x89, b"ping"));
+        let (frames, end) = read_all(bytes, 1 << 20).await;
+        assert_eq!(end, WireError::Gone);
+        let lens: Vec<usize> = frames.iter().map(|f| f.payload.len()).collect();
+        assert_eq!(lens, [0, 125, 126, 65_535, 65_536, 10, 4]);
+        assert!(frames[..5].iter().all(|f| f.fin && !f.rsv1 && f.masked));
+        assert_eq!(&frames[5].payload[..], b"compressed");
+        assert!(frames[5].rsv1);
+        assert_eq!(frames[6].opcode, OpCode::Ping);
+    }
+
+    #[tokio::test]
+    async fn refuses_what_no_extension_allows() {
+        for (first, payload) in [
+            (0xA1u8, &b"rsv2"[..]),
+            (0x91, b"rsv3"),
+            (0x83, b"reserved opcode"),
+            (0x09, b"fragmented ping"),
+            (0xC9, b"compressed ping"),
+            (0x89, &[0u8; 126][..]),
+        ] {
+            let (frames, end) = read_all(client_frame(first, payload), 1000).await;
+            assert!(frames.is_empty());
+            assert_eq!(end, WireError::Protocol, "{first:#x}");
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_an_oversized_length_before_reading_it() {
+        // Only the header: the claimed 2^62-byte payload is never awaited.
+        let header = vec![0x81, 0x80 | 127, 0x40, 0, 0, 0, 0, 0, 0, 0];
+        let (_, end) = read_all(header, 1000).await;
+        assert_eq!(end, WireError::TooBig);
+        let (_, end) = read_all(client_frame(0x81, &[b'a'; 1001]), 1000).await;
+        assert_eq!(end, WireError::TooBig);
+    }
+
+    #[tokio::test]
+    async fn unmasked_frames_are_reported_as_such() {
+        let (frames, _) = read_all(vec![0x81, 2, b'h', b'i'], 1000).await;
+        assert!(!frames[0].masked);
+        assert_eq!(&frames[0].payload[..], b"hi");
+    }
+}
