@@ -13,6 +13,7 @@ use walcast::event::{CommittedEvents, DocumentChange, DocumentEvent};
 use walcast::hub::{Hub, Outbox, Subscriber};
 use walcast::permission::{Reader, RowAccess};
 use walcast::protocol::Channel;
+use walcast::protocol::Outgoing;
 use walcast_replication::Lsn;
 
 const SUBSCRIBERS: usize = 10_000;
@@ -57,7 +58,7 @@ fn setup(channel: &Channel) -> Setup {
 }
 
 /// What each connection's writer does: take everything queued.
-fn drain(outboxes: &[Arc<Outbox>], batch: &mut Vec<Bytes>) -> usize {
+fn drain(outboxes: &[Arc<Outbox>], batch: &mut Vec<Outgoing>) -> usize {
     let mut frames = 0;
     for outbox in outboxes {
         batch.clear();

@@ -21,3 +21,4 @@ mod sse;
 mod startup;
 mod staticbackend_js;
 mod tail;
+mod transport;

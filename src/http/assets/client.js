@@ -3,12 +3,17 @@
  * WebSocket protocol (see docs: PROTOCOL.md). Works as a classic <script> (defines
  * window.Walcast) and under CommonJS (module.exports).
  *
- *   const c = new Walcast.Client({ url, sessionToken, appKey, minBackoffMs, maxBackoffMs });
+ *   const c = new Walcast.Client({ url, sessionToken, appKey, minBackoffMs, maxBackoffMs,
+ *                                  connectTimeoutMs, authTimeoutMs, WebSocket });
  *   c.onStatus((status, detail) => ...);   // connecting | open | authenticated | closed | reconnecting
  *   c.onMessage(msg => ...);               // every server message (parsed envelope)
  *   await c.join("db-tasks_760_");         // remembered, re-joined after every reconnect
  *   await c.send("room1", { text: "hi" }); // chan_in, resolved on "ok"
  *   c.leave("room1"); c.close();
+ *
+ * Every attempt ends in exactly one way: authenticated, or dropped (close, error, connect timeout,
+ * auth timeout, refused auth) — and every drop schedules the next attempt, whichever WebSocket
+ * implementation reports it (browsers, Node's built-in WebSocket, the `ws` package).
  *
  * Requests are answered in order by the server, one reply per request; replies are matched to
  * requests by type where possible (token, joined, left, ok, echo) and an "error" reply goes to the
@@ -65,6 +70,9 @@
     this.minBackoffMs = opts.minBackoffMs != null ? opts.minBackoffMs : 250;
     this.maxBackoffMs = opts.maxBackoffMs != null ? opts.maxBackoffMs : 10000;
     this.authTimeoutMs = opts.authTimeoutMs != null ? opts.authTimeoutMs : 10000;
+    // Bounds the TCP/TLS connect and the upgrade: some implementations never report a refused or
+    // black-holed attempt, which would leave the client "connecting" forever.
+    this.connectTimeoutMs = opts.connectTimeoutMs != null ? opts.connectTimeoutMs : 10000;
     this.keepaliveMs = opts.keepaliveMs || 0; // 0: off. Otherwise echo every N ms, reconnect if unanswered.
     this.WebSocket = opts.WebSocket || root.WebSocket;
     if (!this.WebSocket) throw new Error("walcast: no WebSocket implementation available");
@@ -79,6 +87,7 @@
     this._attempt = 0;
     this._reconnectTimer = null;
     this._authTimer = null;
+    this._connectTimer = null;
     this._keepaliveTimer = null;
     this._channels = new Map(); // channel -> { since: lsn string | "" }
     this._lastLsn = new Map(); // db channel -> last lsn string seen
@@ -222,8 +231,15 @@
       return;
     }
     this._ws = ws;
+    if (this.connectTimeoutMs) {
+      this._connectTimer = setTimeout(function () {
+        if (self._ws === ws) self._drop({ code: 0, reason: "connect timed out" });
+      }, this.connectTimeoutMs);
+    }
     ws.onopen = function () {
       if (self._ws !== ws) return;
+      clearTimeout(self._connectTimer);
+      self._connectTimer = null;
       self._setStatus("open", { url: self.url });
       // The server must say init; if auth does not complete in time, start over.
       self._armAuthTimer(ws);
@@ -232,7 +248,13 @@
       if (self._ws !== ws) return;
       self._onFrame(ev.data);
     };
-    ws.onerror = function () { /* onclose follows */ };
+    // Not every implementation follows an error with a close event (a refused attempt may
+    // report only the error): the first of the two ends the attempt; the other finds the socket
+    // already abandoned.
+    ws.onerror = function () {
+      if (self._ws !== ws) return;
+      self._drop({ code: 0, reason: "connection error" });
+    };
     ws.onclose = function (ev) {
       if (self._ws !== ws) return;
       self._onSocketGone({ code: ev && ev.code || 0, reason: ev && ev.reason || "" });
@@ -258,10 +280,16 @@
 
   Client.prototype._teardown = function (err) {
     clearTimeout(this._authTimer);
+    clearTimeout(this._connectTimer);
     clearInterval(this._keepaliveTimer);
-    this._authTimer = this._keepaliveTimer = null;
+    this._authTimer = this._connectTimer = this._keepaliveTimer = null;
     var ws = this._ws;
-    if (ws) { ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null; }
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      // A no-op rather than none: closing a socket that is still connecting makes the `ws`
+      // package emit "error", which with no listener at all is an uncaught exception.
+      ws.onerror = function () {};
+    }
     this._ws = null;
     this.connected = false;
     this.wsToken = "";
