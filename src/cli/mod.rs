@@ -29,8 +29,9 @@ pub enum Command {
         /// TOML file with the same keys as the flags (snake_case); flags and env win.
         #[arg(long, env = "WALCAST_CONFIG")]
         config: Option<PathBuf>,
+        // Boxed: every serve setting is here, and the enum should not be as big as all of them.
         #[command(flatten)]
-        args: ServeArgs,
+        args: Box<ServeArgs>,
     },
     /// Start a private PostgreSQL with a demo app, and the gateway with its demo page.
     Up(up::UpArgs),
@@ -69,7 +70,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve { config, args } => {
             let args = match config {
                 Some(path) => args.or(ServeArgs::from_file(&path)?),
-                None => args,
+                None => *args,
             };
             let settings = args.resolve()?;
             let mut gateway = Gateway::start(settings)
