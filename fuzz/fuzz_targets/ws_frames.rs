@@ -1,6 +1,7 @@
 //! The WebSocket frame reader (RFC 6455 masking, fragmentation, size and UTF-8 rules) must
 //! never panic and must end on every input, with a close reason or end of input. The first
-//! byte picks the message size limit. Run: see `fuzz/README.md`.
+//! byte picks the message size limit and, by its low bit, whether permessage-deflate was
+//! agreed (compressed messages are inflated under the same limit). Run: see `fuzz/README.md`.
 
 #![no_main]
 
@@ -22,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max = usize::from(limit) * 16 + 1;
-    let mut reader = InboundReader::new(std::io::Cursor::new(stream.to_vec()), max);
+    let deflate = limit & 1 == 1;
+    let mut reader = InboundReader::new(std::io::Cursor::new(stream.to_vec()), max, deflate);
     runtime().block_on(async {
         // Every frame consumes at least its 2-byte header, so this ends.
         while let Ok(item) = reader.next().await {
