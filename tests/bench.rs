@@ -10,8 +10,38 @@ const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 
 #[tokio::test]
 async fn channel_scenario_reports_json() {
+    let report = channel_run(&[]).await;
+    assert_eq!(report["transport"], "ws");
+}
+
+#[tokio::test]
+async fn channel_scenario_over_tls_with_compression() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let report = channel_run(&[
+        "--compression",
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--payload-bytes",
+        "600",
+    ])
+    .await;
+    assert_eq!(report["transport"], "wss + permessage-deflate");
+    // TLS records and compressed frames together: fewer bytes read than the 600-byte payload.
+    let wire = report["wire_bytes_per_delivery"].as_f64().unwrap();
+    assert!(wire < 600.0, "{wire}");
+}
+
+/// A toy channel run with `extra` flags; asserts every delivery is accounted for.
+async fn channel_run(extra: &[&str]) -> Value {
     let run = Command::new(BIN)
         .args(["bench", "--scenario", "channel", "--connections", "10"])
+        .args(extra)
         .args([
             "--rate",
             "100",
@@ -46,4 +76,5 @@ async fn channel_scenario_reports_json() {
     assert_eq!(report["missed"], 0);
     assert_eq!(report["slow_consumer_closes"], 0);
     assert!(report["server"]["pid"].as_u64().is_some());
+    report
 }

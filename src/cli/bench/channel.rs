@@ -124,7 +124,7 @@ fn is_rate_limit_refusal(payload: &[u8]) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn publish(
-    mut write: tokio::net::tcp::OwnedWriteHalf,
+    mut write: tokio::io::WriteHalf<super::transport::BenchStream>,
     sid: String,
     token: String,
     options: Options,

@@ -2,12 +2,13 @@
 //! buffer, frames parsed in place (no per-frame allocation on the delivery path). It shares the
 //! machine with the server under test, so every cycle it saves is a cycle the server gets.
 
+use super::transport::{BenchStream, Transport};
 use super::BenchError;
 use bytes::{Buf, BytesMut};
 use serde::Deserialize;
 use std::net::{IpAddr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpSocket;
 
 pub const OP_TEXT: u8 = 0x1;
 pub const OP_CLOSE: u8 = 0x8;
@@ -45,6 +46,7 @@ pub fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
 }
 
 /// One complete server frame at the front of `buf`: (opcode, header length, payload length).
+/// The opcode keeps RSV1 ([`RSV1`]): a permessage-deflate compressed message.
 fn frame_at(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, BenchError> {
     if buf.len() < 2 {
         return Ok(None);
@@ -67,11 +69,27 @@ fn frame_at(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, BenchError> {
     if buf.len() - header < len {
         return Ok(None);
     }
-    Ok(Some((buf[0] & 0x0f, header, len)))
+    Ok(Some((buf[0] & (RSV1 | 0x0f), header, len)))
+}
+
+/// Set in a frame's opcode byte by [`frame_at`] for a compressed message.
+const RSV1: u8 = 0x40;
+
+/// Hands one frame to `each`, inflating a compressed text message first (the server compresses
+/// without context takeover, so each message inflates on its own).
+fn deliver(opcode: u8, payload: &[u8], each: &mut impl FnMut(u8, &[u8])) -> Result<(), BenchError> {
+    if opcode & RSV1 == 0 {
+        each(opcode, payload);
+        return Ok(());
+    }
+    let inflated = walcast::ws::deflate::inflate(payload, 64 << 20)
+        .map_err(|_| BenchError::Protocol("undecodable compressed message"))?;
+    each(opcode & 0x0f, &inflated);
+    Ok(())
 }
 
 pub struct WsConn {
-    stream: TcpStream,
+    stream: BenchStream,
     buf: BytesMut,
     out: Vec<u8>,
 }
@@ -82,16 +100,23 @@ impl WsConn {
         server: SocketAddr,
         source: IpAddr,
         path: &str,
+        transport: &Transport,
     ) -> Result<WsConn, BenchError> {
         let socket = TcpSocket::new_v4().map_err(BenchError::Connect)?;
         socket
             .bind(SocketAddr::new(source, 0))
             .map_err(BenchError::Connect)?;
-        let mut stream = socket.connect(server).await.map_err(BenchError::Connect)?;
+        let stream = socket.connect(server).await.map_err(BenchError::Connect)?;
         stream.set_nodelay(true).map_err(BenchError::Connect)?;
+        let mut stream = transport.wrap(stream).await?;
+        let offer = if transport.deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {server}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -117,6 +142,12 @@ impl WsConn {
         if !buf.starts_with(b"HTTP/1.1 101") {
             return Err(BenchError::Refused(
                 String::from_utf8_lossy(&buf[..end.min(200)]).into_owned(),
+            ));
+        }
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        if transport.deflate && !head.contains("permessage-deflate") {
+            return Err(BenchError::Protocol(
+                "the server declined permessage-deflate",
             ));
         }
         buf.advance(end);
@@ -163,7 +194,7 @@ impl WsConn {
             if opcode == OP_PING {
                 put_frame(&mut self.out, OP_PONG, payload);
             }
-            each(opcode, payload);
+            deliver(opcode, payload, &mut each)?;
             at += header + len;
         }
         self.buf.advance(at);
@@ -178,12 +209,15 @@ impl WsConn {
             while let Some((opcode, header, len)) = frame_at(&self.buf[at..])? {
                 let payload = &self.buf[at + header..at + header + len];
                 at += header + len;
-                match opcode {
+                match opcode & 0x0f {
                     OP_TEXT => {
-                        found = Some(
-                            serde_json::from_slice(payload)
-                                .map_err(|_| BenchError::Protocol("unparsable server message")),
-                        );
+                        let mut parsed = None;
+                        deliver(opcode, payload, &mut |_, text| {
+                            parsed = Some(serde_json::from_slice(text));
+                        })?;
+                        found = parsed.map(|p| {
+                            p.map_err(|_| BenchError::Protocol("unparsable server message"))
+                        });
                         break;
                     }
                     OP_CLOSE => {
@@ -218,14 +252,8 @@ impl WsConn {
         }
     }
 
-    pub fn into_split(
-        self,
-    ) -> (
-        tokio::net::tcp::OwnedReadHalf,
-        tokio::net::tcp::OwnedWriteHalf,
-        BytesMut,
-    ) {
-        let (read, write) = self.stream.into_split();
+    pub fn into_split(self) -> (ReadHalf<BenchStream>, WriteHalf<BenchStream>, BytesMut) {
+        let (read, write) = tokio::io::split(self.stream);
         (read, write, self.buf)
     }
 }
@@ -244,12 +272,12 @@ async fn fill(
 }
 
 pub struct FrameReader {
-    read: tokio::net::tcp::OwnedReadHalf,
+    read: ReadHalf<BenchStream>,
     buf: BytesMut,
 }
 
 impl FrameReader {
-    pub fn new(read: tokio::net::tcp::OwnedReadHalf, buf: BytesMut) -> Self {
+    pub fn new(read: ReadHalf<BenchStream>, buf: BytesMut) -> Self {
         FrameReader { read, buf }
     }
 
@@ -261,7 +289,7 @@ impl FrameReader {
     pub fn drain(&mut self, mut each: impl FnMut(u8, &[u8])) -> Result<(), BenchError> {
         let mut at = 0;
         while let Some((opcode, header, len)) = frame_at(&self.buf[at..])? {
-            each(opcode, &self.buf[at + header..at + header + len]);
+            deliver(opcode, &self.buf[at + header..at + header + len], &mut each)?;
             at += header + len;
         }
         self.buf.advance(at);

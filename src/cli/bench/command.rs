@@ -77,6 +77,16 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Offer permessage-deflate; the child gateway runs with `--compression on` (else `off`).
+    #[arg(long)]
+    pub compression: bool,
+    /// Serve the child gateway over TLS with this PEM certificate (trusted by the clients, which
+    /// connect to it as `localhost`); needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration> {
@@ -108,6 +118,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         max_outbound_bytes: args.max_outbound_bytes,
         gateway_exe: None,
         settle: seconds(args.settle, "--settle")?,
+        compression: args.compression,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| walcast::tls::TlsFiles { cert, key }),
     };
     if !args.json {
         eprintln!(

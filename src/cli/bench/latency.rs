@@ -21,13 +21,56 @@ pub fn now_us() -> u64 {
         .unwrap_or_default()
 }
 
-/// Appends the marker and pads `out` with `x` to at least `min_len` bytes.
+/// Appends the marker and pads `out` with prose-like filler to at least `min_len` bytes. Each
+/// message starts at a different place in the filler, so that, like real messages, they are not
+/// copies of each other.
 pub fn stamp(out: &mut String, sent_us: u64, seq: u64, min_len: usize) {
     use std::fmt::Write;
     let _ = write!(out, "wcb:{sent_us}:{seq}:");
+    let filler = filler();
+    let mut at = (seq as usize).wrapping_mul(97) % filler.len();
     while out.len() < min_len {
-        out.push('x');
+        let take = (min_len - out.len()).min(filler.len() - at);
+        out.push_str(&filler[at..at + take]);
+        at = (at + take) % filler.len();
     }
+}
+
+/// 4 KiB of words from a small vocabulary in pseudo-random order: it compresses about as well as
+/// chat text (roughly 2:1 with deflate at 600 bytes), where a run of one letter would compress
+/// 50:1 and flatter permessage-deflate. ASCII, so any byte offset is a char boundary.
+fn filler() -> &'static str {
+    static FILLER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILLER.get_or_init(|| {
+        const WORDS: &[&str] = &[
+            "the", "of", "to", "and", "in", "is", "it", "for", "on", "that", "with", "as", "at",
+            "from", "this", "are", "was", "not", "have", "but", "they", "you", "will", "all",
+            "their", "which", "more", "when", "there", "about", "time", "into", "only", "other",
+            "new", "also", "these", "first", "than", "over", "most", "after", "very", "through",
+            "where", "much", "before", "should", "each", "like", "between", "under", "while",
+            "same", "another", "because", "state", "during", "without", "place", "never", "number",
+            "point", "order", "group", "work", "city", "home", "water", "system", "question",
+            "world", "house", "life", "day", "little", "great", "money", "story", "early", "level",
+            "team", "event", "data", "field", "record", "public", "market",
+        ];
+        // xorshift64: deterministic, so every run sends the same bytes.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut text = String::with_capacity(4200);
+        while text.len() < 4096 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let word = WORDS[(state % WORDS.len() as u64) as usize];
+            if state % 19 == 0 {
+                text.push_str(&(state % 100_000).to_string());
+            } else {
+                text.push_str(word);
+            }
+            text.push(' ');
+        }
+        text.truncate(4096);
+        text
+    })
 }
 
 /// (send time µs, sequence) from a payload, when it carries a marker.

@@ -23,9 +23,11 @@ mod report;
 mod subscriber;
 mod target;
 mod tenants;
+mod transport;
 
 use report::{Latency, Report, Server};
 use target::GatewayLaunch;
+use transport::Transport;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +123,10 @@ pub struct Options {
     pub gateway_exe: Option<PathBuf>,
     /// idle: wait before reading the server's RSS after the last join.
     pub settle: Duration,
+    /// Offer permessage-deflate (and start the child gateway with `--compression on`).
+    pub compression: bool,
+    /// Child gateway: serve TLS with these files; the clients trust the certificate.
+    pub tls: Option<walcast::tls::TlsFiles>,
 }
 
 impl Default for Options {
@@ -145,6 +151,8 @@ impl Default for Options {
             max_outbound_bytes: 16 << 20,
             gateway_exe: None,
             settle: Duration::from_secs(2),
+            compression: false,
+            tls: None,
         }
     }
 }
@@ -152,8 +160,25 @@ impl Default for Options {
 /// Runs one scenario and stops whatever it started.
 pub async fn run(options: Options) -> Result<Report, BenchError> {
     let fd_limit = process::raise_fd_limit();
+    let transport = match &options.tls {
+        Some(files) => Transport::trusting(&files.cert, options.compression)?,
+        None => Transport {
+            tls: None,
+            deflate: options.compression,
+        },
+    };
     let target = match &options.url {
-        Some(url) => Target::external(url, options.server_pid, options.database_url.clone())?,
+        Some(_) if options.tls.is_some() => {
+            return Err(BenchError::Protocol(
+                "TLS is measured against the child gateway only (no --url)",
+            ))
+        }
+        Some(url) => Target::external(
+            url,
+            options.server_pid,
+            options.database_url.clone(),
+            transport,
+        )?,
         None => {
             let exe = match &options.gateway_exe {
                 Some(exe) => exe.clone(),
@@ -163,8 +188,10 @@ pub async fn run(options: Options) -> Result<Report, BenchError> {
                 exe,
                 jwt_secret: options.jwt_secret.clone(),
                 max_outbound_bytes: options.max_outbound_bytes,
+                compression: options.compression,
+                tls: options.tls.clone(),
             };
-            Target::child_gateway(&launch, options.database_url.clone()).await?
+            Target::child_gateway(&launch, options.database_url.clone(), transport).await?
         }
     };
     let result = match options.scenario {
@@ -183,6 +210,15 @@ fn base_report(options: &Options, target: &Target) -> Report {
     Report {
         scenario: options.scenario.name().into(),
         target: target.description.clone(),
+        transport: format!(
+            "{}{}",
+            if options.tls.is_some() { "wss" } else { "ws" },
+            if options.compression {
+                " + permessage-deflate"
+            } else {
+                ""
+            }
+        ),
         connections_requested: options.connections,
         rate: options.rate,
         server: Server {
@@ -286,6 +322,9 @@ fn fill_deliveries(
     report.undelivered = report.expected_deliveries.saturating_sub(totals.delivered);
     report.slow_consumer_closes = totals.slow_consumer_closes;
     report.lost_connections = totals.lost;
+    if totals.delivered > 0 {
+        report.wire_bytes_per_delivery = Some(totals.wire_bytes as f64 / totals.delivered as f64);
+    }
     fill_server(report, window);
 }
 

@@ -56,6 +56,8 @@ pub struct LoadGenerator {
 pub struct Report {
     pub scenario: String,
     pub target: String,
+    /// `ws` or `wss`, with or without permessage-deflate.
+    pub transport: String,
     pub connections_requested: usize,
     pub connections: usize,
     pub connect_failures: usize,
@@ -72,6 +74,9 @@ pub struct Report {
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub deliveries_per_sec: f64,
+    /// Bytes the subscribers read from their sockets (frames, TLS records, everything after
+    /// the handshake) per delivery.
+    pub wire_bytes_per_delivery: Option<f64>,
     pub latency: Latency,
     pub missed: u64,
     pub undelivered: u64,
@@ -123,6 +128,7 @@ impl Report {
         };
         row("scenario", self.scenario.clone());
         row("target", self.target.clone());
+        row("transport", self.transport.clone());
         row(
             "connections",
             format!(
@@ -179,6 +185,10 @@ impl Report {
                     "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
                     l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us
                 ),
+            );
+            row(
+                "wire bytes / delivery",
+                opt(self.wire_bytes_per_delivery.map(|b| format!("{b:.1}"))),
             );
             row(
                 "missed / undelivered",

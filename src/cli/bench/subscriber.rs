@@ -43,6 +43,7 @@ pub struct Spec {
     pub source: IpAddr,
     pub jwt: Arc<str>,
     pub channel: Arc<str>,
+    pub transport: super::Transport,
 }
 
 /// How the subscribers of one run connect: subscriber `id` spreads over the loopback source
@@ -53,6 +54,7 @@ pub struct Fleet {
     source_addrs: usize,
     jwts: Vec<Arc<str>>,
     channel: Arc<str>,
+    transport: super::Transport,
 }
 
 impl Fleet {
@@ -64,6 +66,7 @@ impl Fleet {
             source_addrs: options.source_addrs,
             jwts,
             channel: channel.into(),
+            transport: target.transport.clone(),
         }
     }
 
@@ -75,6 +78,7 @@ impl Fleet {
             source: source_for(self.server, id, self.source_addrs),
             jwt: Arc::clone(&self.jwts[id % self.jwts.len()]),
             channel: Arc::clone(&self.channel),
+            transport: self.transport.clone(),
         }
     }
 
@@ -90,6 +94,8 @@ pub struct Outcome {
     /// Sequence numbers skipped (each subscriber sees one increasing sequence).
     pub missed: u64,
     pub slow_consumer_closed: bool,
+    /// Bytes read from the socket after setup.
+    pub wire_bytes: u64,
     /// Any other close or error after setup.
     pub lost: bool,
 }
@@ -122,7 +128,7 @@ pub fn spawn(
 
 /// Connects and authenticates; returns the connection, its sid and its websocket token.
 pub async fn login(spec: &Spec) -> Result<(WsConn, String, String), BenchError> {
-    let mut conn = WsConn::connect(spec.server, spec.source, &spec.path).await?;
+    let mut conn = WsConn::connect(spec.server, spec.source, &spec.path, &spec.transport).await?;
     let sid = conn.expect("init").await?.data;
     conn.send_text(&message(&sid, "auth", &spec.jwt, "", ""))
         .await?;
@@ -157,9 +163,12 @@ async fn read_loop(conn: &mut WsConn, spec: &Spec, shared: &Shared) -> Outcome {
             _ = shared.stop.cancelled() => break,
             filled = conn.fill() => filled,
         };
-        if !matches!(filled, Ok(n) if n > 0) {
-            outcome.lost = true;
-            break;
+        match filled {
+            Ok(n) if n > 0 => outcome.wire_bytes += n as u64,
+            _ => {
+                outcome.lost = true;
+                break;
+            }
         }
         let now = now_us();
         let mut count = 0u64;
@@ -210,6 +219,7 @@ pub struct Totals {
     pub missed: u64,
     pub slow_consumer_closes: u64,
     pub lost: u64,
+    pub wire_bytes: u64,
 }
 
 pub async fn collect(handles: Vec<JoinHandle<Outcome>>) -> Totals {
@@ -220,6 +230,7 @@ pub async fn collect(handles: Vec<JoinHandle<Outcome>>) -> Totals {
         totals.missed += o.missed;
         totals.slow_consumer_closes += u64::from(o.slow_consumer_closed);
         totals.lost += u64::from(o.lost);
+        totals.wire_bytes += o.wire_bytes;
     }
     totals
 }

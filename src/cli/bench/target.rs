@@ -2,7 +2,7 @@
 //! process (so its CPU time and memory can be read apart from the load generator's), or any
 //! server reachable at a `ws://` URL.
 
-use super::BenchError;
+use super::{BenchError, Transport};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -19,6 +19,9 @@ pub struct GatewayLaunch {
     pub exe: PathBuf,
     pub jwt_secret: String,
     pub max_outbound_bytes: usize,
+    /// `--compression on` (else `off`, so that a plain run compresses nothing).
+    pub compression: bool,
+    pub tls: Option<walcast::tls::TlsFiles>,
 }
 
 pub struct Target {
@@ -29,6 +32,8 @@ pub struct Target {
     /// For setting up users and writing rows.
     pub database_url: Option<String>,
     pub description: String,
+    /// How clients reach it.
+    pub transport: Transport,
     child: Option<Child>,
     postgres: Option<EmbeddedPostgres>,
 }
@@ -55,6 +60,7 @@ impl Target {
         url: &str,
         server_pid: Option<u32>,
         database_url: Option<String>,
+        transport: Transport,
     ) -> Result<Target, BenchError> {
         let (addr, path) = parse_ws_url(url)?;
         Ok(Target {
@@ -63,6 +69,7 @@ impl Target {
             server_pid,
             database_url,
             description: format!("external server at {url}"),
+            transport,
             child: None,
             postgres: None,
         })
@@ -72,6 +79,7 @@ impl Target {
     pub async fn child_gateway(
         launch: &GatewayLaunch,
         database_url: Option<String>,
+        transport: Transport,
     ) -> Result<Target, BenchError> {
         let (postgres, url) = match database_url {
             Some(url) => (None, url),
@@ -98,7 +106,8 @@ impl Target {
 
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let child = Command::new(&launch.exe)
+        let mut command = Command::new(&launch.exe);
+        command
             .arg("serve")
             .args(["--database-url", &url])
             .args(["--jwt-secret", &launch.jwt_secret])
@@ -110,15 +119,22 @@ impl Target {
                 "--max-outbound-bytes",
                 &launch.max_outbound_bytes.to_string(),
             ])
+            .args([
+                "--compression",
+                if launch.compression { "on" } else { "off" },
+            ])
             .env(
                 "WALCAST_LOG",
                 std::env::var("WALCAST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(BenchError::Spawn)?;
+            .kill_on_drop(true);
+        if let Some(tls) = &launch.tls {
+            command.arg("--tls-cert").arg(&tls.cert);
+            command.arg("--tls-key").arg(&tls.key);
+        }
+        let child = command.spawn().map_err(BenchError::Spawn)?;
         let pid = child.id();
         let mut target = Target {
             addr,
@@ -126,6 +142,7 @@ impl Target {
             server_pid: pid,
             database_url: Some(url),
             description: format!("walcast serve (child process, pid {})", pid.unwrap_or(0)),
+            transport,
             child: Some(child),
             postgres,
         };
@@ -141,7 +158,7 @@ impl Target {
                     return Err(BenchError::GatewayExited(status.to_string()));
                 }
             }
-            if ready(self.addr).await {
+            if ready(self.addr, &self.transport).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -173,8 +190,11 @@ impl Target {
     }
 }
 
-async fn ready(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
+async fn ready(addr: SocketAddr, transport: &Transport) -> bool {
+    let Ok(stream) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let Ok(mut stream) = transport.wrap(stream).await else {
         return false;
     };
     let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
