@@ -300,12 +300,23 @@ mod tests {
         assert_eq!(settings.database_url, "postgres://x");
         assert_eq!(settings.ws.rate_per_sec, 5);
         assert_eq!(settings.slot, "walcast");
+        assert_eq!(settings.ws.handshake_timeout, Duration::from_secs(10));
         assert_eq!(settings.publish.key.as_deref(), Some("k"));
         assert_eq!(settings.publish.idempotency.window, Duration::from_secs(30));
         assert_eq!(settings.publish.max_message_bytes, 10);
         assert!(!format!("{settings:?}").contains("\"k\""), "key redacted");
         assert!(settings.tls.is_none(), "plain HTTP by default");
         assert_eq!(settings.ws.compression, CompressionPolicy::default());
+        let file: ServeArgs = toml::from_str("handshake_timeout_secs = 3").unwrap();
+        let tuned = ServeArgs {
+            database_url: Some("postgres://x".into()),
+            jwt_secret: Some("s".into()),
+            ..ServeArgs::default()
+        }
+        .or(file)
+        .resolve()
+        .unwrap();
+        assert_eq!(tuned.ws.handshake_timeout, Duration::from_secs(3));
     }
 
     #[test]

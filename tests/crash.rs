@@ -7,6 +7,7 @@
 //! and prints the counts.
 
 use crate::support::model::{event_for, seen, Change, Row, Seen, Subscriber};
+use crate::support::serve;
 use crate::support::*;
 use futures_util::StreamExt;
 use rand::rngs::StdRng;
@@ -14,16 +15,14 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use std::time::Duration;
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 const APP: &str = "crash";
 /// Owner, account and everyone read levels; the everyone repo also carries the markers.
 const REPOS: [&str; 3] = ["notes_700_", "tasks_760_", "feed_744_"];
@@ -77,36 +76,7 @@ impl std::fmt::Display for Counts {
 }
 
 fn spawn_gateway(url: &str, addr: SocketAddr) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--database-url", url, "--jwt-secret", SECRET])
-        .args(["--listen", &addr.to_string(), "--slot", "crash"])
-        .args(["--rate-limit", "0"])
-        .env_remove("DATABASE_URL")
-        .env_remove("JWT_SECRET")
-        .env("WALCAST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn walcast serve")
-}
-
-async fn wait_ready(addr: SocketAddr, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Ok(stream)) =
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await
-        {
-            drop(stream);
-            if http_get(addr, "/readyz").await.status == 200 {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        assert!(child.try_wait().unwrap().is_none(), "gateway exited early");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    serve::spawn(url, addr, "crash", &["--rate-limit", "0"], "warn")
 }
 
 /// One subscriber: reads events, and after the connection dies reconnects and re-joins every
@@ -294,14 +264,9 @@ pub async fn kill9_round(seed: u64, write_secs: f64) -> Counts {
             .unwrap();
     }
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let addr = serve::free_addr();
     let mut gateway = spawn_gateway(&url, addr);
-    wait_ready(addr, &mut gateway).await;
+    serve::wait_ready(addr, &mut gateway).await;
 
     let end_id = Arc::new(std::sync::Mutex::new(None));
     let joined = Arc::new(tokio::sync::Semaphore::new(0));
@@ -405,7 +370,7 @@ pub async fn kill9_round(seed: u64, write_secs: f64) -> Counts {
     gateway.kill().await.expect("kill -9 the gateway");
     tokio::time::sleep(Duration::from_millis(rng.random_range(100..800))).await;
     let mut gateway = spawn_gateway(&url, addr);
-    wait_ready(addr, &mut gateway).await;
+    serve::wait_ready(addr, &mut gateway).await;
     tokio::time::sleep(half).await;
     writing.store(false, Ordering::Relaxed);
     let log = writer.await.unwrap();

@@ -3,15 +3,13 @@
 //! connection is closed with its code, a control client is served throughout, and the
 //! gateway's RSS stays bounded. Figures: docs/OPERATIONS.md.
 
+use crate::support::serve;
 use crate::support::*;
 use std::net::SocketAddr;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 /// Bad connections per kind.
 const PER_KIND: usize = 200;
 const SLOWLORIS: usize = 1000;
@@ -29,39 +27,31 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn start_gateway(url: &str) -> (Child, SocketAddr) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--database-url", url, "--jwt-secret", SECRET])
-        .args(["--listen", &addr.to_string(), "--slot", "flood"])
-        .args([
-            "--handshake-timeout-secs",
-            "2",
-            "--max-frame-bytes",
-            "65536",
-        ])
-        .env_remove("DATABASE_URL")
-        .env_remove("JWT_SECRET")
-        .env("WALCAST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if TcpStream::connect(addr).await.is_ok() && http_get(addr, "/readyz").await.status == 200 {
-            break;
-        }
-        assert!(child.try_wait().unwrap().is_none(), "gateway exited");
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let addr = serve::free_addr();
+    let extra = [
+        "--handshake-timeout-secs",
+        "2",
+        "--max-frame-bytes",
+        "65536",
+    ];
+    let mut child = serve::spawn(url, addr, "flood", &extra, "error");
+    serve::wait_ready(addr, &mut child).await;
     (child, addr)
+}
+
+/// The control client is served: an echo, and a row inserted now arrives as an event.
+async fn served(env: &TestEnv, control: &mut Ws, app: &App, account: uuid::Uuid, when: &str) {
+    assert_eq!(
+        control.request("echo", when, "").await["data"],
+        format!("echo: {when}")
+    );
+    let row = serde_json::json!({ "when": when });
+    let id = env
+        .insert(app, "tasks_760_", Some(account), None, row)
+        .await;
+    control
+        .expect_id("db_created", "db-tasks_760_", id, when)
+        .await;
 }
 
 /// One bad client: handshake, one bad frame, the close code it got.
@@ -142,23 +132,8 @@ async fn flood_leaves_the_gateway_serving_with_bounded_memory() {
         }));
     }
 
-    // While the flood runs, the control client is served: an echo and a db event.
-    assert_eq!(
-        control.request("echo", "ping", "").await["data"],
-        "echo: ping"
-    );
-    let id = env
-        .insert(
-            &app,
-            "tasks_760_",
-            Some(account),
-            None,
-            serde_json::json!({"n": 1}),
-        )
-        .await;
-    control
-        .expect_id("db_created", "db-tasks_760_", id, "served during the flood")
-        .await;
+    // While the flood runs, the control client is served.
+    served(&env, &mut control, &app, account, "during the flood").await;
     for flood in floods {
         flood.await.expect("a flood client saw the wrong answer");
     }
@@ -175,22 +150,7 @@ async fn flood_leaves_the_gateway_serving_with_bounded_memory() {
         assert!(!rest.starts_with(b"HTTP/1.1 101"));
     }
 
-    assert_eq!(
-        control.request("echo", "still", "").await["data"],
-        "echo: still"
-    );
-    let id = env
-        .insert(
-            &app,
-            "tasks_760_",
-            Some(account),
-            None,
-            serde_json::json!({"n": 2}),
-        )
-        .await;
-    control
-        .expect_id("db_created", "db-tasks_760_", id, "served after the flood")
-        .await;
+    served(&env, &mut control, &app, account, "after the flood").await;
     let rss_after = rss_kib(pid);
     eprintln!(
         "flood: {} bad-frame connections, {PER_KIND} bad-token connections × 20 auths, \

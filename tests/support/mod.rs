@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod model;
+pub mod serve;
 pub mod sse;
 
 use futures_util::{SinkExt, StreamExt};
