@@ -45,7 +45,7 @@ fn setup(channel: &Channel) -> Setup {
             }),
             outbox: Arc::clone(&outbox),
         });
-        hub.join(&subscriber, channel, None, |_| {
+        hub.join(&subscriber, channel, None, None, |_| {
             Bytes::from_static(b"joined")
         });
         outboxes.push(outbox);
@@ -94,6 +94,7 @@ fn db_fanout(c: &mut Criterion) {
         })
         .collect();
     let tx = Arc::new(CommittedEvents {
+        xid: 0,
         commit_lsn: Lsn(0x016B_3748),
         end_lsn: Lsn(0x016B_3780),
         commit_time: SystemTime::now(),

@@ -2,6 +2,7 @@
 //! TOML file over defaults.
 
 use crate::hub::WindowConfig;
+use crate::livequery::SnapshotConfig;
 use crate::publish::IdempotencyConfig;
 use crate::tls::TlsFiles;
 use crate::ws::deflate::{CompressionMode, CompressionPolicy};
@@ -95,6 +96,21 @@ pub struct ServeArgs {
     /// Idempotency keys remembered at most (the oldest is forgotten first) [default: 100000]
     #[arg(long, env = "WALCAST_IDEMPOTENCY_MAX_KEYS")]
     pub idempotency_max_keys: Option<usize>,
+    /// Most rows one `join` snapshot may have; over it the join is refused [default: 10000]
+    #[arg(long, env = "WALCAST_SNAPSHOT_MAX_ROWS")]
+    pub snapshot_max_rows: Option<usize>,
+    /// Seconds a snapshot statement (and the wait for the stream after it) may take [default: 10]
+    #[arg(long, env = "WALCAST_SNAPSHOT_TIMEOUT_SECS")]
+    pub snapshot_timeout_secs: Option<u64>,
+    /// PostgreSQL connections kept for snapshots [default: 4]
+    #[arg(long, env = "WALCAST_SNAPSHOT_POOL_SIZE")]
+    pub snapshot_pool_size: Option<usize>,
+    /// Snapshots read at once on this node; others wait up to 5 s [default: 4]
+    #[arg(long, env = "WALCAST_SNAPSHOT_MAX_IN_FLIGHT")]
+    pub snapshot_max_in_flight: Option<usize>,
+    /// Events held for one member while its snapshot is read [default: 10000]
+    #[arg(long, env = "WALCAST_SNAPSHOT_MAX_HELD_EVENTS")]
+    pub snapshot_max_held_events: Option<usize>,
     /// Seconds between server pings [default: 30]
     #[arg(long, env = "WALCAST_PING_INTERVAL")]
     pub ping_interval_secs: Option<u64>,
@@ -135,6 +151,7 @@ pub struct Settings {
     pub publish: PublishSettings,
     /// Serve TLS with these PEM files; plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
+    pub snapshot: SnapshotConfig,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
 }
@@ -175,7 +192,9 @@ impl ServeArgs {
             max_connections, max_connections_per_app, max_frame_bytes, max_outbound_bytes,
             rate_limit, rate_burst, max_channels_per_connection, resume_window_secs, resume_window_bytes, max_message_bytes, publish_key,
             idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs,
-            handshake_timeout_secs, tls_cert, tls_key, compression, compression_threshold);
+            handshake_timeout_secs, tls_cert, tls_key, compression, compression_threshold,
+            snapshot_max_rows, snapshot_timeout_secs, snapshot_pool_size, snapshot_max_in_flight,
+            snapshot_max_held_events);
         self
     }
 
@@ -262,6 +281,20 @@ impl ServeArgs {
                 max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             },
             tls,
+            snapshot: {
+                let d = SnapshotConfig::default();
+                SnapshotConfig {
+                    max_rows: self.snapshot_max_rows.unwrap_or(d.max_rows),
+                    timeout: self
+                        .snapshot_timeout_secs
+                        .map(Duration::from_secs)
+                        .unwrap_or(d.timeout),
+                    pool_size: self.snapshot_pool_size.unwrap_or(d.pool_size),
+                    max_in_flight: self.snapshot_max_in_flight.unwrap_or(d.max_in_flight),
+                    max_held_events: self.snapshot_max_held_events.unwrap_or(d.max_held_events),
+                    ..d
+                }
+            },
             demo: false,
         })
     }

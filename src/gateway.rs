@@ -9,6 +9,7 @@ use crate::db::{Database, DbError};
 use crate::event::Assembler;
 use crate::http::{route, DemoApi, HttpState, PublishApi};
 use crate::hub::Hub;
+use crate::livequery::Snapshots;
 use crate::publish::{ChannelSink, MemoryIdempotency, Publisher};
 use crate::sse::SseStreams;
 use crate::telemetry::Telemetry;
@@ -37,6 +38,8 @@ use walcast_replication::{
 pub enum GatewayError {
     #[error("database preparation failed")]
     Prepare(#[source] DbError),
+    #[error("cannot set up the snapshot pool")]
+    SnapshotPool(#[source] crate::livequery::snapshot::PoolConfigError),
     #[error("cannot start replication")]
     Replication(#[source] ReplicationError),
     #[error(
@@ -123,10 +126,13 @@ impl Gateway {
             settings.publish.max_message_bytes,
             telemetry.clone(),
         ));
+        let snapshots = Snapshots::new(&settings.database_url, settings.snapshot.clone())
+            .map_err(GatewayError::SnapshotPool)?;
         let ws = Arc::new(WsContext {
             hub: Arc::clone(&hub),
             publisher: Arc::clone(&publisher),
             auth: auth.clone(),
+            snapshots: Arc::new(snapshots),
             limits: ConnectionLimits::new(
                 settings.max_connections,
                 settings.max_connections_per_app,
@@ -280,6 +286,8 @@ pub fn replication_config(settings: &Settings, start: Option<Lsn>) -> Replicatio
         publication: settings.publication.clone(),
         create_publication: PublicationScope::AllTables,
         start_lsn: start,
+        // Snapshots emit a logical message to move the stream past their position.
+        messages: true,
         ..ReplicationConfig::default()
     }
 }

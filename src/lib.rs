@@ -25,6 +25,8 @@
 //! - [`sse`]: the Server-Sent Events transport (`/sse/connect`, `/sse/msg`) over the same session.
 //! - [`publish`]: custom-channel publishing for `chan_in` and the server publish API (data
 //!   limit, idempotency keys) behind the traits a cluster implementation fills.
+//! - [`livequery`]: `join` with a subscription filter and/or a snapshot consistent with the
+//!   stream by xid; members grouped by filter.
 //! - [`auth`]: session JWT verification against the app's `sb_tokens`.
 //! - [`db`]: the gateway's ordinary PostgreSQL connection.
 //! - [`schema`]: embedded SQL (StaticBackend layout, gateway preparation, demo app).
@@ -43,6 +45,7 @@ pub mod event;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub mod livequery;
 pub mod permission;
 pub mod protocol;
 pub mod publish;

@@ -310,6 +310,7 @@ mod tests {
 
     fn committed(events: Vec<DocumentEvent>) -> CommittedEvents {
         CommittedEvents {
+            xid: 0,
             commit_lsn: Lsn(0x1_0000_2A00),
             end_lsn: Lsn(0x1_0000_2A30),
             commit_time: UNIX_EPOCH + Duration::from_micros(1_714_555_800_123_456),
@@ -340,6 +341,7 @@ mod tests {
                         owner_id: None,
                     },
                     previous: None,
+                    previous_data: None,
                     document: doc.to_owned(),
                 },
             ),
@@ -347,7 +349,10 @@ mod tests {
                 "acme",
                 "notes",
                 "2",
-                DocumentChange::Deleted { previous: None },
+                DocumentChange::Deleted {
+                    previous: None,
+                    previous_data: None,
+                },
             ),
         ]);
         let mut buf = Vec::new();

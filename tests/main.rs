@@ -11,6 +11,7 @@ mod flood;
 mod framing;
 mod http;
 mod lifecycle;
+mod livequery;
 mod permissions;
 mod protocol;
 mod publish;

@@ -97,6 +97,7 @@ impl Assembler {
             }
         }
         CommittedEvents {
+            xid: tx.xid,
             commit_lsn: tx.commit_lsn,
             end_lsn: tx.end_lsn,
             commit_time: tx.commit_time,
@@ -206,6 +207,9 @@ fn updated(cols: &RepoColumns, old: Option<&OldTuple>, new: &Tuple) -> Result<Do
         _ => text_column(new, cols.data).ok_or(Skip::Invalid)?,
     };
     let previous = old_full.and_then(|t| cols.access(t));
+    let previous_data = old_full
+        .and_then(|t| text_column(t, cols.data))
+        .map(str::to_owned);
     let row = cols.access(new).ok_or(Skip::Invalid)?;
     let (id, document) = document(cols, new, data)?;
     Ok(event(
@@ -214,21 +218,29 @@ fn updated(cols: &RepoColumns, old: Option<&OldTuple>, new: &Tuple) -> Result<Do
         DocumentChange::Updated {
             row,
             previous,
+            previous_data,
             document,
         },
     ))
 }
 
 fn deleted(cols: &RepoColumns, old: &OldTuple) -> Result<DocumentEvent, Skip> {
-    let (tuple, previous) = match old {
-        OldTuple::Full(t) => (t, cols.access(t)),
-        OldTuple::Key(t) => (t, None),
+    let (tuple, previous, previous_data) = match old {
+        OldTuple::Full(t) => (
+            t,
+            cols.access(t),
+            text_column(t, cols.data).map(str::to_owned),
+        ),
+        OldTuple::Key(t) => (t, None, None),
     };
     let id = text_column(tuple, cols.id).ok_or(Skip::Invalid)?;
     Ok(event(
         cols,
         id.to_owned(),
-        DocumentChange::Deleted { previous },
+        DocumentChange::Deleted {
+            previous,
+            previous_data,
+        },
     ))
 }
 

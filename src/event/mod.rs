@@ -21,14 +21,19 @@ use walcast_replication::Lsn;
 pub enum DocumentChange {
     /// `document` is the JSON text StaticBackend sent: row `data` + `id` + `accountId`, keys sorted.
     Created { row: RowAccess, document: String },
-    /// `previous` is the row's access columns before the update, when the WAL carried them.
+    /// `previous` is the row's access columns before the update, when the WAL carried them;
+    /// `previous_data` the old `data` text (for subscription filters), likewise.
     Updated {
         row: RowAccess,
         previous: Option<RowAccess>,
+        previous_data: Option<String>,
         document: String,
     },
     /// `previous` is `None` when the WAL carried only the key (replica identity not FULL).
-    Deleted { previous: Option<RowAccess> },
+    Deleted {
+        previous: Option<RowAccess>,
+        previous_data: Option<String>,
+    },
 }
 
 impl DocumentChange {
@@ -63,6 +68,9 @@ pub struct DocumentEvent {
 /// All document events of one committed transaction, in WAL order.
 #[derive(Debug, Clone)]
 pub struct CommittedEvents {
+    /// The transaction's id as pgoutput sends it (32 bits): what snapshot visibility is decided
+    /// by. 0 for a non-transactional logical message.
+    pub xid: u32,
     pub commit_lsn: Lsn,
     /// What the consumer confirms once the transaction is handed over.
     pub end_lsn: Lsn,

@@ -1,4 +1,5 @@
 use super::{ConnId, Subscriber};
+use crate::livequery::{Filter, FilterGroups, WaitingMembers};
 use crate::permission::{ReadLevel, RowAccess};
 use crate::protocol::Channel;
 use std::collections::HashMap;
@@ -24,6 +25,10 @@ pub struct DbChannel {
     /// before the gateway started (they asked for what they missed; everyone else loaded their
     /// data after those commits).
     resumers: HashMap<ConnId, Lsn>,
+    /// Members' subscription filters, grouped (members without one are not in it).
+    pub filters: FilterGroups,
+    /// Members whose snapshot is being read: not in the buckets yet, transactions held.
+    pub waiting: WaitingMembers,
 }
 
 impl DbChannel {
@@ -37,14 +42,23 @@ impl DbChannel {
             by_account: HashMap::new(),
             by_user: HashMap::new(),
             resumers: Default::default(),
+            filters: FilterGroups::default(),
+            waiting: WaitingMembers::default(),
         }
     }
 
-    /// `since`: the member resumes after this commit LSN.
-    pub fn insert(&mut self, sub: Arc<Subscriber>, since: Option<Lsn>) {
+    /// `since`: the member resumes after this commit LSN. A member already in the channel keeps
+    /// one membership; its filter is replaced.
+    pub fn insert(
+        &mut self,
+        sub: Arc<Subscriber>,
+        since: Option<Lsn>,
+        filter: Option<Arc<Filter>>,
+    ) {
         if let Some(since) = since {
             self.resumers.insert(sub.conn, since);
         }
+        self.filters.assign(sub.conn, filter);
         if self.all.contains_key(&sub.conn) {
             return;
         }
@@ -66,8 +80,10 @@ impl DbChannel {
     }
 
     pub fn remove(&mut self, conn: ConnId) -> bool {
+        let was_waiting = self.waiting.remove(conn).is_some();
+        self.filters.remove(conn);
         let Some(sub) = self.all.remove(&conn) else {
-            return false;
+            return was_waiting;
         };
         self.resumers.remove(&conn);
         if self.roots.remove(&conn).is_some() {
@@ -102,7 +118,7 @@ impl DbChannel {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.all.is_empty()
+        self.all.is_empty() && self.waiting.is_empty()
     }
 
     /// Every subscriber that may read a row with these access columns, each once.

@@ -1,6 +1,7 @@
 use super::dbindex::DbChannel;
-use super::{read, Delivery, Hub, Subscriber};
+use super::{read, ConnId, Delivery, Hub, Subscriber};
 use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind};
+use crate::livequery::{EventFilters, Filter, Sight};
 use crate::permission::{may_read, ReadLevel, Reader, RowAccess};
 use crate::protocol::{encode, frame, ChannelKind, Envelope, Outgoing};
 use std::sync::Arc;
@@ -15,6 +16,8 @@ pub struct DispatchStats {
     /// Events some subscribers could not be judged for (no old row in the WAL): sent only to
     /// readers that need no row information, never guessed.
     pub fail_closed: usize,
+    /// Subscription filter evaluations: at most one per distinct filter per event.
+    pub filter_evaluations: usize,
     /// What the replication slot may now be confirmed up to (the resume window's start).
     pub confirmable: Lsn,
 }
@@ -71,31 +74,62 @@ fn send(delivery: &mut Delivery, sub: &Arc<Subscriber>, frame: Outgoing) {
 }
 
 /// The one rule of PROTOCOL.md §4 for one reader and one change: which event, if any, the reader
-/// gets. Live dispatch applies it to the candidates the index yields; resume replay to one
-/// subscriber.
-fn decide(level: ReadLevel, reader: &Reader, change: &DocumentChange) -> Option<EventKind> {
+/// gets. `sight` says whether the reader's subscription filter passes the old and the new row
+/// version ([`Sight::ALL`] without a filter); a row moving into the reader's sight (permission
+/// or filter) is `db_created`, out of it `db_deleted`. Live dispatch applies it to the candidates
+/// the index yields; resume replay and snapshot catch-up to one subscriber.
+fn decide(
+    level: ReadLevel,
+    reader: &Reader,
+    change: &DocumentChange,
+    sight: Sight,
+) -> Option<EventKind> {
     let reads = |row: &RowAccess| may_read(level, reader, row);
     match change {
-        DocumentChange::Created { row, .. } => reads(row).then_some(EventKind::Created),
+        DocumentChange::Created { row, .. } => {
+            (reads(row) && sight.new).then_some(EventKind::Created)
+        }
         DocumentChange::Updated {
             row,
             previous: Some(old),
             ..
-        } if old != row => match (reads(old), reads(row)) {
-            (true, true) => Some(EventKind::Updated),
-            (true, false) => Some(EventKind::Deleted),
-            (false, true) => Some(EventKind::Created),
-            (false, false) => None,
-        },
+        } => {
+            let was = reads(old) && sight.old.unwrap_or(true);
+            let is = reads(row) && sight.new;
+            match (was, is) {
+                (true, true) => Some(EventKind::Updated),
+                (true, false) => Some(EventKind::Deleted),
+                (false, true) => Some(EventKind::Created),
+                (false, false) => None,
+            }
+        }
         // Without the old row, readers of only the old version cannot be found: they get
-        // nothing rather than a guess (fail closed).
-        DocumentChange::Updated { row, .. } => reads(row).then_some(EventKind::Updated),
+        // nothing rather than a guess (fail closed). A reader of the new row whose filter no
+        // longer passes is told it is gone: harmless if it never had it.
+        DocumentChange::Updated { row, .. } => reads(row).then_some(if sight.new {
+            EventKind::Updated
+        } else {
+            EventKind::Deleted
+        }),
         DocumentChange::Deleted {
             previous: Some(old),
-        } => reads(old).then_some(EventKind::Deleted),
-        DocumentChange::Deleted { previous: None } => {
+            ..
+        } => (reads(old) && sight.old.unwrap_or(true)).then_some(EventKind::Deleted),
+        DocumentChange::Deleted { previous: None, .. } => {
             (reader.is_root() || level == ReadLevel::Everyone).then_some(EventKind::Deleted)
         }
+    }
+}
+
+/// The sight of a member of `index` on the event behind `filters`: its filter group evaluated
+/// once per event and shared by the group.
+fn sight_of(index: &DbChannel, conn: ConnId, filters: &mut EventFilters<'_>) -> Sight {
+    match index.filters.slot_of(conn) {
+        Some(slot) => match index.filters.filter(slot) {
+            Some(filter) => filters.sight(slot, filter),
+            None => Sight::ALL,
+        },
+        None => Sight::ALL,
     }
 }
 
@@ -105,7 +139,9 @@ fn fails_closed(level: ReadLevel, change: &DocumentChange) -> bool {
         DocumentChange::Updated { previous, .. } => {
             previous.is_none() && level != ReadLevel::Everyone
         }
-        DocumentChange::Deleted { previous } => previous.is_none() && level != ReadLevel::Everyone,
+        DocumentChange::Deleted { previous, .. } => {
+            previous.is_none() && level != ReadLevel::Everyone
+        }
         DocumentChange::Created { .. } => false,
     }
 }
@@ -126,19 +162,26 @@ impl Hub {
             let Some(index) = db.get(&*event.app).and_then(|c| c.get(&*event.repo)) else {
                 continue;
             };
+            index.waiting.hold(&tx);
             if fails_closed(index.level, &event.change) {
                 stats.fail_closed += 1;
             }
             let mut frames = Frames::new(event, index.channel.name(), &lsn);
+            let mut filters = EventFilters::new(event);
             for sub in candidates(index, &event.change) {
                 if !index.admits(sub.conn, tx.commit_lsn, recovery) {
                     continue;
                 }
-                if let Some(kind) = decide(index.level, &sub.reader, &event.change) {
+                let sight = sight_of(index, sub.conn, &mut filters);
+                if let Some(kind) = decide(index.level, &sub.reader, &event.change, sight) {
                     send(&mut delivery, sub, frames.get(kind));
                 }
             }
+            stats.filter_evaluations += filters.evaluations();
         }
+        // Under the db read lock: a snapshot registering its member (write lock) sees this
+        // transaction either here, dispatched before it, or held for it — never neither.
+        self.record_dispatched(&tx);
         let mut history = super::lock(&self.history);
         history.push(tx, std::time::Instant::now());
         stats.confirmable = history.confirmable();
@@ -173,15 +216,18 @@ fn candidates<'a>(
         DocumentChange::Updated { row, .. } => index.readers(row),
         DocumentChange::Deleted {
             previous: Some(old),
+            ..
         } => index.readers(old),
-        DocumentChange::Deleted { previous: None } => index.unconditional_readers(),
+        DocumentChange::Deleted { previous: None, .. } => index.unconditional_readers(),
     }
 }
 
-/// Pushes to one subscriber every held event of `index`'s channel it may read, in commit order.
+/// Pushes to one subscriber every held event of `index`'s channel it may read and `filter`
+/// passes, in commit order.
 pub(super) fn replay<'a>(
     sub: &Subscriber,
     index: &DbChannel,
+    filter: Option<&Filter>,
     held: impl Iterator<Item = &'a CommittedEvents>,
 ) {
     let ChannelKind::Db { repo, .. } = index.channel.kind() else {
@@ -193,7 +239,11 @@ pub(super) fn replay<'a>(
             if event.repo != *repo || event.app != sub.reader.app {
                 continue;
             }
-            if let Some(kind) = decide(index.level, &sub.reader, &event.change) {
+            let sight = match filter {
+                Some(filter) => EventFilters::new(event).evaluate(filter),
+                None => Sight::ALL,
+            };
+            if let Some(kind) = decide(index.level, &sub.reader, &event.change, sight) {
                 let frame = Frames::new(event, index.channel.name(), &lsn).get(kind);
                 sub.outbox.push(frame);
             }
@@ -246,21 +296,27 @@ mod tests {
             });
             changes.push(DocumentChange::Deleted {
                 previous: Some(row),
+                previous_data: Some("{}".into()),
             });
             changes.push(DocumentChange::Updated {
                 row,
                 previous: None,
+                previous_data: None,
                 document: "{}".into(),
             });
             for old in rows {
                 changes.push(DocumentChange::Updated {
                     row,
                     previous: Some(old),
+                    previous_data: Some("{}".into()),
                     document: "{}".into(),
                 });
             }
         }
-        changes.push(DocumentChange::Deleted { previous: None });
+        changes.push(DocumentChange::Deleted {
+            previous: None,
+            previous_data: None,
+        });
 
         for repo in ["r_700_", "r_760_", "r_744_", "pub_r"] {
             let hub = Hub::default();
@@ -278,7 +334,9 @@ mod tests {
                     outbox: Arc::new(Outbox::new(1 << 20)),
                 });
                 let channel = Channel::parse(&format!("db-{repo}")).unwrap();
-                hub.join(&sub, &channel, None, |_| bytes::Bytes::from_static(b"j"));
+                hub.join(&sub, &channel, None, None, |_| {
+                    bytes::Bytes::from_static(b"j")
+                });
                 let mut batch = Vec::new();
                 let _ = sub.outbox.next_batch(&mut batch).now_or_never();
                 subs.push(sub);
@@ -286,6 +344,7 @@ mod tests {
             let level = crate::permission::read_level(repo);
             for change in &changes {
                 let tx = Arc::new(CommittedEvents {
+                    xid: 0,
                     commit_lsn: Lsn(1),
                     end_lsn: Lsn(2),
                     commit_time: SystemTime::UNIX_EPOCH,
@@ -311,7 +370,7 @@ mod tests {
                                 .to_owned()
                         })
                         .collect();
-                    let want: Vec<String> = decide(level, &sub.reader, change)
+                    let want: Vec<String> = decide(level, &sub.reader, change, Sight::ALL)
                         .map(|k| k.as_str().to_owned())
                         .into_iter()
                         .collect();

@@ -146,6 +146,7 @@ mod tests {
 
     fn tx(commit: u64, events: usize) -> Arc<CommittedEvents> {
         Arc::new(CommittedEvents {
+            xid: 0,
             commit_lsn: Lsn(commit),
             end_lsn: Lsn(commit + 8),
             commit_time: SystemTime::UNIX_EPOCH,
@@ -154,7 +155,10 @@ mod tests {
                     app: "a".into(),
                     repo: "r".into(),
                     id: i.to_string(),
-                    change: DocumentChange::Deleted { previous: None },
+                    change: DocumentChange::Deleted {
+                        previous: None,
+                        previous_data: None,
+                    },
                 })
                 .collect(),
         })

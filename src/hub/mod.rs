@@ -12,17 +12,21 @@ mod dbindex;
 mod dispatch;
 mod history;
 mod outbox;
+mod snapshot;
 
 pub use dispatch::DispatchStats;
 pub use history::WindowConfig;
 pub use outbox::{Outbox, Push};
+pub use snapshot::{SnapshotOverrun, RECENT_TRANSACTIONS};
 
+use crate::event::CommittedEvents;
+use crate::livequery::Filter;
 use crate::permission::{AppName, Reader};
 use crate::protocol::{Channel, ChannelKind, Outgoing};
 use bytes::Bytes;
 use dbindex::DbChannel;
 use history::History;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use walcast_replication::Lsn;
 
@@ -51,6 +55,10 @@ pub struct Hub {
     /// Database channels by app and repo (what a WAL event carries).
     db: RwLock<HashMap<AppName, HashMap<Arc<str>, DbChannel>>>,
     history: Mutex<History>,
+    /// The last transactions with events, for snapshots registering (see `snapshot`).
+    recent: Mutex<VecDeque<Arc<CommittedEvents>>>,
+    /// Commit LSN of the newest dispatched transaction (events or not).
+    dispatched: tokio::sync::watch::Sender<Lsn>,
 }
 
 impl Default for Hub {
@@ -105,18 +113,22 @@ impl Hub {
             custom: RwLock::default(),
             db: RwLock::default(),
             history: Mutex::new(History::new(window, start)),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_TRANSACTIONS)),
+            dispatched: tokio::sync::watch::Sender::new(Lsn::ZERO),
         }
     }
 
-    /// Idempotent: joining twice keeps one membership. Database channels go to the
-    /// permission index, custom ones to plain membership. `reply` builds the `joined` frame,
-    /// pushed before any event of the channel; with `since` on a database channel, every held
-    /// event after it that the subscriber may read follows the reply, then live events.
+    /// Idempotent: joining twice keeps one membership (a database channel's filter is
+    /// replaced). Database channels go to the permission index, custom ones to plain
+    /// membership. `reply` builds the `joined` frame, pushed before any event of the channel;
+    /// with `since` on a database channel, every held event after it that the subscriber may
+    /// read (and `filter` passes) follows the reply, then live events.
     pub fn join(
         &self,
         subscriber: &Arc<Subscriber>,
         channel: &Channel,
         since: Option<Lsn>,
+        filter: Option<Arc<Filter>>,
         reply: impl FnOnce(Joined) -> Bytes,
     ) {
         let app = &subscriber.reader.app;
@@ -138,11 +150,13 @@ impl Hub {
                         let recovered = held.is_some();
                         subscriber.outbox.push(reply(Joined::Resumed { recovered }));
                         if let Some(held) = held {
-                            dispatch::replay(subscriber, index, held);
+                            dispatch::replay(subscriber, index, filter.as_deref(), held);
                         }
                     }
                 }
-                index.insert(Arc::clone(subscriber), since);
+                // A member that was waiting for a snapshot of this channel now joins without.
+                index.waiting.remove(subscriber.conn);
+                index.insert(Arc::clone(subscriber), since, filter);
             }
             ChannelKind::Custom => {
                 let mut custom = write(&self.custom);

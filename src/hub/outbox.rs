@@ -28,6 +28,8 @@ pub struct Outbox {
     wake: Notify,
     /// Signalled once when closing is first requested, for the connection's reader.
     closed: Notify,
+    /// Signalled when the writer takes the queue, for producers that wait for room.
+    drained: Notify,
     limit: usize,
 }
 
@@ -37,6 +39,7 @@ impl Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             closed: Notify::new(),
+            drained: Notify::new(),
             limit: limit_bytes,
         }
     }
@@ -125,6 +128,27 @@ impl Outbox {
         }
     }
 
+    /// Waits until `bytes` more fit in the first half of the queue (or the connection is
+    /// closing): for a producer of bulk data (snapshot pages) that must not overflow a reader
+    /// that is merely slower than PostgreSQL.
+    pub async fn wait_for_room(&self, bytes: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.closing.is_some()
+                    || state.bytes == 0
+                    || state.bytes + bytes <= self.limit / 2
+                {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
     /// Waits until frames are queued or the connection is closing; moves all queued frames into
     /// `batch` so the writer can send them in one write. Returns the close reason once the queue
     /// is empty and closing was requested.
@@ -135,6 +159,8 @@ impl Outbox {
                 if !state.frames.is_empty() {
                     batch.extend(state.frames.drain(..));
                     state.bytes = 0;
+                    drop(state);
+                    self.drained.notify_waiters();
                     return None;
                 }
                 if let Some(closing) = state.closing {

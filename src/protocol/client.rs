@@ -1,8 +1,9 @@
 use serde_json::{Map, Value};
 
 /// A client frame after validation: the five envelope keys as strings (missing or `null` read as
-/// empty), plus the `[ext]` keys: `since` (resume) and `idempotency_key` (`chan_in`; also
-/// spelled `idempotencyKey`).
+/// empty), plus the `[ext]` keys: `since` (resume), `idempotency_key` (`chan_in`; also
+/// spelled `idempotencyKey`), and the live-query keys of `join`: `snapshot` (`true` asks for
+/// one) and `filter` (kept as JSON, parsed into a request).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientMessage {
     pub sid: String,
@@ -12,6 +13,8 @@ pub struct ClientMessage {
     pub token: String,
     pub since: Option<String>,
     pub idempotency_key: Option<String>,
+    pub snapshot: bool,
+    pub filter: Option<Value>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +55,15 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
             Some(Value::String(s)) if !s.is_empty() => Some(s),
             _ => None,
         });
+    let snapshot = matches!(object.remove("snapshot"), Some(Value::Bool(true)));
+    let filter = match object.remove("filter") {
+        None | Some(Value::Null) => None,
+        // A client that keeps every value a string may send the filter as JSON text.
+        Some(Value::String(text)) => {
+            Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        }
+        Some(value) => Some(value),
+    };
     Ok(ClientMessage {
         sid,
         kind,
@@ -60,6 +72,8 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
         token,
         since,
         idempotency_key,
+        snapshot,
+        filter,
     })
 }
 
@@ -113,6 +127,21 @@ mod tests {
         assert_eq!(m.idempotency_key.as_deref(), Some("k2"));
         let m = parse_client(br#"{"type":"chan_in","idempotency_key":""}"#).unwrap();
         assert_eq!(m.idempotency_key, None);
+    }
+
+    #[test]
+    fn live_query_extensions() {
+        let m = parse_client(
+            br#"{"type":"join","data":"db-x","snapshot":true,"filter":[["a","eq",1]]}"#,
+        )
+        .unwrap();
+        assert!(m.snapshot);
+        assert_eq!(m.filter, Some(serde_json::json!([["a", "eq", 1]])));
+        let m = parse_client(br#"{"type":"join","filter":"[[\"a\",\"eq\",1]]"}"#).unwrap();
+        assert_eq!(m.filter, Some(serde_json::json!([["a", "eq", 1]])));
+        let m = parse_client(br#"{"type":"join","snapshot":"yes","filter":null}"#).unwrap();
+        assert!(!m.snapshot);
+        assert_eq!(m.filter, None);
     }
 
     #[test]

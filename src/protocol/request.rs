@@ -6,6 +6,7 @@
 //! reads the `type` string), and its arm in the session's `handle` (the compiler asks for it).
 
 use super::{Channel, ChannelError, ClientMessage};
+use crate::livequery::{Filter, FilterError};
 use walcast_replication::Lsn;
 
 /// One client request, its fields already typed. Fields a request does not use are dropped.
@@ -26,6 +27,10 @@ pub enum Request {
         token: String,
         channel: Result<Channel, ChannelError>,
         since: Option<Lsn>,
+        /// [ext] `"snapshot": true`: the readable rows first, then live changes.
+        snapshot: bool,
+        /// [ext] A subscription filter, parsed here; its refusal is kept, like the channel's.
+        filter: Option<Result<Filter, FilterError>>,
     },
     /// `leave`: any name; leaving a channel one is not in is answered like any other leave.
     Leave { token: String, channel: String },
@@ -57,6 +62,8 @@ impl Request {
             token,
             since,
             idempotency_key,
+            snapshot,
+            filter,
         } = message;
         match kind.as_str() {
             "echo" => Ok(Request::Echo {
@@ -69,6 +76,8 @@ impl Request {
                 token,
                 channel: Channel::parse(&data),
                 since: since.map(|s| s.parse().unwrap_or(Lsn::ZERO)),
+                snapshot,
+                filter: filter.as_ref().map(Filter::parse),
             }),
             "leave" => Ok(Request::Leave {
                 token,
@@ -130,6 +139,8 @@ mod tests {
             token,
             channel,
             since,
+            snapshot,
+            filter,
         }) = request(r#"{"type":"join","data":"db-x","token":"t","since":"0/16B3748"}"#)
         else {
             panic!("not a join");
@@ -137,6 +148,16 @@ mod tests {
         assert_eq!(token, "t");
         assert_eq!(channel.map(|c| c.name().to_owned()), Ok("db-x".into()));
         assert_eq!(since, Some(Lsn(0x16B3748)));
+        assert!(!snapshot);
+        assert_eq!(filter, None);
+        let Ok(Request::Join {
+            snapshot, filter, ..
+        }) = request(r#"{"type":"join","data":"db-x","snapshot":true,"filter":[["a","eq",1]]}"#)
+        else {
+            panic!("not a join");
+        };
+        assert!(snapshot);
+        assert!(filter.is_some_and(|f| f.is_ok_and(|f| f.predicates().len() == 1)));
         let Ok(Request::ChanIn { channel, data, .. }) =
             request(r#"{"type":"chan_in","channel":"room","data":"hi"}"#)
         else {

@@ -235,7 +235,9 @@ mod tests {
             outbox: Arc::clone(&outbox),
         });
         let channel = Channel::parse(channel).unwrap();
-        hub.join(&subscriber, &channel, None, |_| Bytes::from_static(b"j"));
+        hub.join(&subscriber, &channel, None, None, |_| {
+            Bytes::from_static(b"j")
+        });
         outbox
     }
 

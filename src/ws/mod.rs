@@ -15,6 +15,7 @@ pub use socket::serve_socket;
 
 use crate::auth::UserLookup;
 use crate::hub::Hub;
+use crate::livequery::Snapshots;
 use crate::publish::Publisher;
 use crate::telemetry::Telemetry;
 use deflate::CompressionPolicy;
@@ -63,6 +64,8 @@ impl Default for WsConfig {
 pub struct WsContext {
     pub hub: Arc<Hub>,
     pub auth: Arc<dyn UserLookup>,
+    /// Snapshot reads for `join` with `"snapshot": true`.
+    pub snapshots: Arc<Snapshots>,
     pub limits: Arc<ConnectionLimits>,
     /// Custom-channel publishing (`chan_in` and the server publish API).
     pub publisher: Arc<Publisher>,

@@ -5,15 +5,20 @@ use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
 use crate::hub::{ConnId, Joined, Outbox, Subscriber};
+use crate::livequery::snapshot::SnapshotJoin;
+use crate::livequery::{Filter, FilterError, SnapshotError};
 use crate::protocol::{
-    self, encode, frame, Channel, ChannelError, ClientMessage, CloseReason, Envelope, ParseError,
-    Request,
+    self, encode, frame, Channel, ChannelError, ChannelKind, ClientMessage, CloseReason, Envelope,
+    ParseError, Request,
 };
 use crate::publish::Outgoing;
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
 use walcast_replication::Lsn;
+
+/// `snapshot` and `filter` on a channel that carries no documents.
+const LIVE_QUERY_CHANNELS: &str = "snapshot and filter apply to db- channels only";
 
 /// What the reader loop must do after a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,7 +177,9 @@ impl Session {
                 token,
                 channel,
                 since,
-            } => self.join(&token, channel, since),
+                snapshot,
+                filter,
+            } => self.join(&token, channel, since, snapshot, filter).await,
             Request::Leave { token, channel } => self.leave(&token, &channel),
             Request::ChanIn {
                 token,
@@ -251,7 +258,14 @@ impl Session {
         }
     }
 
-    fn join(&mut self, token: &str, channel: Result<Channel, ChannelError>, since: Option<Lsn>) {
+    async fn join(
+        &mut self,
+        token: &str,
+        channel: Result<Channel, ChannelError>,
+        since: Option<Lsn>,
+        snapshot: bool,
+        filter: Option<Result<Filter, FilterError>>,
+    ) {
         let Some(subscriber) = self.check_token(token) else {
             return;
         };
@@ -266,21 +280,82 @@ impl Session {
             self.error("channel limit reached");
             return;
         }
-        let sid = &self.sid;
-        self.ctx.hub.join(&subscriber, &channel, since, |joined| {
+        // Every live-query refusal comes before anything changes.
+        let filter = match filter {
+            None => None,
+            Some(Ok(filter)) if filter.predicates().is_empty() => None,
+            Some(Ok(filter)) => Some(Arc::new(filter)),
+            Some(Err(refused)) => {
+                self.error(&refused.to_string());
+                return;
+            }
+        };
+        let is_db = matches!(channel.kind(), ChannelKind::Db { .. });
+        if !is_db && (snapshot || filter.is_some()) {
+            self.error(LIVE_QUERY_CHANNELS);
+            return;
+        }
+        let sid = self.sid.clone();
+        let name = channel.name().to_owned();
+        let joined = |joined: Joined| {
             let recovered = match joined {
                 Joined::Live => None,
                 Joined::Resumed { recovered } => Some(recovered),
             };
             frame::text(&encode(&Envelope {
-                sid,
+                sid: &sid,
                 kind: "joined",
-                data: channel.name(),
+                data: &name,
                 recovered,
                 ..Envelope::default()
             }))
-        });
-        self.joined.insert(channel);
+        };
+        match is_db {
+            true if snapshot => {
+                if since.is_some() {
+                    self.error(&SnapshotError::WithSince.to_string());
+                    return;
+                }
+                let was_member = !self.joined.insert(channel.clone());
+                let join = SnapshotJoin {
+                    subscriber: &subscriber,
+                    channel: &channel,
+                    filter,
+                };
+                let served = self
+                    .ctx
+                    .snapshots
+                    .serve(&self.ctx.hub, join, joined(Joined::Live))
+                    .await;
+                if let Err(error) = served {
+                    // Refused before registering (busy), a previous membership stays.
+                    if !(was_member && matches!(error, SnapshotError::Busy)) {
+                        self.joined.remove(&channel);
+                    }
+                    if matches!(
+                        error,
+                        SnapshotError::Database(_)
+                            | SnapshotError::Pool(_)
+                            | SnapshotError::Unreadable(_)
+                    ) {
+                        tracing::warn!(
+                            conn = self.conn,
+                            channel = %channel,
+                            error = &error as &dyn std::error::Error,
+                            "snapshot failed"
+                        );
+                    }
+                    self.ctx.telemetry.drop_reason("snapshot_refused", 1);
+                    self.error(&error.to_string());
+                }
+            }
+            _ => {
+                self.ctx
+                    .hub
+                    .join(&subscriber, &channel, since, filter, joined);
+                self.joined.insert(channel);
+            }
+        }
     }
 
     fn leave(&mut self, token: &str, name: &str) {

@@ -12,6 +12,9 @@ pub enum ScenarioArg {
     Channel,
     /// Idle connections: server RSS per authenticated, joined connection.
     Idle,
+    /// A `join` snapshot of --rows rows: time and server memory, beside psql reading the same
+    /// rows as JSON.
+    Snapshot,
 }
 
 #[derive(Debug, clap::Args)]
@@ -45,6 +48,13 @@ pub struct BenchArgs {
     /// Flat out: messages per subscriber in flight at most.
     #[arg(long, default_value_t = 100)]
     pub window: u64,
+    /// db: distinct subscription filters over the subscribers (0 = none). Every row passes
+    /// every filter, so deliveries stay the same and only the filters' cost shows.
+    #[arg(long, default_value_t = 0)]
+    pub filters: usize,
+    /// snapshot: rows the snapshot holds.
+    #[arg(long, default_value_t = 10_000)]
+    pub rows: usize,
     /// Target an existing server (ws://host:port/path) instead of starting one.
     #[arg(long)]
     pub url: Option<String>,
@@ -99,7 +109,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             ScenarioArg::Db => Scenario::Db,
             ScenarioArg::Channel => Scenario::Channel,
             ScenarioArg::Idle => Scenario::Idle,
+            ScenarioArg::Snapshot => Scenario::Snapshot,
         },
+        filters: args.filters,
+        rows: args.rows,
         connections: args.connections,
         accounts: args.accounts,
         rate: args.rate.filter(|r| *r > 0),

@@ -24,7 +24,12 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
 
     let shared = Shared::new(options.setup_concurrency);
     let jwts: Vec<Arc<str>> = users.iter().map(|u| u.jwt.as_str().into()).collect();
-    let fleet = Fleet::new(target, options, jwts, &format!("db-{}", tenants::REPO));
+    // Distinct filters every row passes: the payload `b` starts with "wcb:", above "wca<k>".
+    let filters = (0..options.filters)
+        .map(|k| Arc::from(format!(r#"[["b","gt","wca{k}"]]"#)))
+        .collect();
+    let fleet =
+        Fleet::new(target, options, jwts, &format!("db-{}", tenants::REPO)).with_filters(filters);
     let specs = fleet.specs(options.connections);
     let (handles, joined, first_error) = subscriber::start_all(specs, &shared).await;
 

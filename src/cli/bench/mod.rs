@@ -6,6 +6,7 @@
 //!   connections insert rows carrying their send time; deliveries are permission-filtered.
 //! - `channel`: N subscribers on one custom channel; one publisher sends `chan_in` messages.
 //! - `idle`: N authenticated, joined connections; the server's RSS growth per connection.
+//! - `snapshot`: one `join` with a snapshot of `--rows` rows, beside `psql` reading the same rows.
 //!
 //! Latency is receive time − send time embedded in the payload (same clock: one machine), so for
 //! `db` it spans the INSERT round trip, the commit, WAL decoding, fanout and the socket.
@@ -20,6 +21,7 @@ mod idle;
 mod latency;
 mod process;
 mod report;
+mod snapshot;
 mod subscriber;
 mod target;
 mod tenants;
@@ -77,6 +79,7 @@ pub enum Scenario {
     Db,
     Channel,
     Idle,
+    Snapshot,
 }
 
 impl Scenario {
@@ -85,6 +88,7 @@ impl Scenario {
             Scenario::Db => "db",
             Scenario::Channel => "channel",
             Scenario::Idle => "idle",
+            Scenario::Snapshot => "snapshot",
         }
     }
 }
@@ -127,6 +131,10 @@ pub struct Options {
     pub compression: bool,
     /// Child gateway: serve TLS with these files; the clients trust the certificate.
     pub tls: Option<walcast::tls::TlsFiles>,
+    /// db: distinct subscription filters over the subscribers (0 = none).
+    pub filters: usize,
+    /// snapshot: rows in the snapshot.
+    pub rows: usize,
 }
 
 impl Default for Options {
@@ -153,6 +161,8 @@ impl Default for Options {
             settle: Duration::from_secs(2),
             compression: false,
             tls: None,
+            filters: 0,
+            rows: 10_000,
         }
     }
 }
@@ -198,6 +208,7 @@ pub async fn run(options: Options) -> Result<Report, BenchError> {
         Scenario::Db => db::run(&options, &target).await,
         Scenario::Channel => channel::run(&options, &target).await,
         Scenario::Idle => idle::run(&options, &target).await,
+        Scenario::Snapshot => snapshot::run(&options, &target).await,
     };
     target.stop().await;
     let mut report = result?;

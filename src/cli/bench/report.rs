@@ -89,6 +89,25 @@ pub struct Report {
     pub load_generator: LoadGenerator,
     /// Idle scenario: server RSS growth divided by connections.
     pub rss_per_connection_bytes: Option<f64>,
+    /// Snapshot scenario.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<SnapshotFigures>,
+}
+
+/// One snapshot join beside `psql` reading the same rows as one JSON array.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SnapshotFigures {
+    pub rows: usize,
+    pub pages: usize,
+    /// `join` sent → `snapshot_end` received.
+    pub seconds: f64,
+    /// Server resident memory before, and its peak (VmHWM) after.
+    pub server_rss_before_kib: u64,
+    pub server_peak_kib: u64,
+    pub server_cpu_seconds: f64,
+    /// `psql -c "SELECT json_agg(…)"` of the same rows, output discarded.
+    pub psql_seconds: f64,
+    pub psql_peak_kib: u64,
 }
 
 fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
@@ -142,6 +161,32 @@ impl Report {
                     .unwrap_or_default()
             ),
         );
+        if let Some(s) = &self.snapshot {
+            row("rows", format!("{} in {} pages", s.rows, s.pages));
+            row(
+                "walcast snapshot",
+                format!(
+                    "{:.3} s, server CPU {:.3} s, server RSS {} KiB before, peak {} KiB (+{} KiB)",
+                    s.seconds,
+                    s.server_cpu_seconds,
+                    s.server_rss_before_kib,
+                    s.server_peak_kib,
+                    s.server_peak_kib.saturating_sub(s.server_rss_before_kib)
+                ),
+            );
+            row(
+                "psql json_agg",
+                format!(
+                    "{:.3} s, psql peak RSS {} KiB",
+                    s.psql_seconds, s.psql_peak_kib
+                ),
+            );
+            row(
+                "ratio",
+                format!("{:.2}× psql's time", s.seconds / s.psql_seconds.max(1e-9)),
+            );
+            return t;
+        }
         if self.scenario == "idle" {
             row(
                 "RSS per connection",

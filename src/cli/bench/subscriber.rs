@@ -44,6 +44,8 @@ pub struct Spec {
     pub jwt: Arc<str>,
     pub channel: Arc<str>,
     pub transport: super::Transport,
+    /// A subscription filter for the join (JSON), if any.
+    pub filter: Option<Arc<str>>,
 }
 
 /// How the subscribers of one run connect: subscriber `id` spreads over the loopback source
@@ -55,6 +57,7 @@ pub struct Fleet {
     jwts: Vec<Arc<str>>,
     channel: Arc<str>,
     transport: super::Transport,
+    filters: Vec<Arc<str>>,
 }
 
 impl Fleet {
@@ -67,7 +70,14 @@ impl Fleet {
             jwts,
             channel: channel.into(),
             transport: target.transport.clone(),
+            filters: Vec::new(),
         }
+    }
+
+    /// Subscriber `id` joins with filter `id % filters.len()`.
+    pub fn with_filters(mut self, filters: Vec<Arc<str>>) -> Fleet {
+        self.filters = filters;
+        self
     }
 
     pub fn spec(&self, id: usize) -> Spec {
@@ -79,6 +89,8 @@ impl Fleet {
             jwt: Arc::clone(&self.jwts[id % self.jwts.len()]),
             channel: Arc::clone(&self.channel),
             transport: self.transport.clone(),
+            filter: (!self.filters.is_empty())
+                .then(|| Arc::clone(&self.filters[id % self.filters.len()])),
         }
     }
 
@@ -139,8 +151,19 @@ pub async fn login(spec: &Spec) -> Result<(WsConn, String, String), BenchError> 
 /// Connects, authenticates and joins the spec's channel.
 pub async fn setup(spec: &Spec) -> Result<WsConn, BenchError> {
     let (mut conn, sid, token) = login(spec).await?;
-    conn.send_text(&message(&sid, "join", &spec.channel, "", &token))
-        .await?;
+    let join = match &spec.filter {
+        None => message(&sid, "join", &spec.channel, "", &token),
+        Some(filter) => {
+            let filter: serde_json::Value =
+                serde_json::from_str(filter).map_err(|_| BenchError::Protocol("bad filter"))?;
+            serde_json::to_vec(&serde_json::json!({
+                "sid": sid, "type": "join", "data": &*spec.channel, "token": token,
+                "filter": filter,
+            }))
+            .map_err(|_| BenchError::Protocol("bad filter"))?
+        }
+    };
+    conn.send_text(&join).await?;
     conn.expect("joined").await?;
     Ok(conn)
 }

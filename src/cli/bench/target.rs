@@ -115,6 +115,7 @@ impl Target {
             .args(["--rate-limit", "0"])
             .args(["--max-connections", "1000000"])
             .args(["--max-connections-per-app", "1000000"])
+            .args(["--snapshot-max-rows", "10000000"])
             .args([
                 "--max-outbound-bytes",
                 &launch.max_outbound_bytes.to_string(),

@@ -148,6 +148,7 @@ fn update_carries_the_previous_access_when_the_wal_has_it() {
         DocumentChange::Updated {
             row: access(OTHER_ACCOUNT),
             previous: Some(access(ACCOUNT)),
+            previous_data: Some("{}".into()),
             document: document(r#"{"v":2}"#, OTHER_ACCOUNT),
         }
     );
@@ -156,6 +157,7 @@ fn update_carries_the_previous_access_when_the_wal_has_it() {
         DocumentChange::Updated {
             row: access(ACCOUNT),
             previous: None,
+            previous_data: None,
             document: document(r#"{"v":3}"#, ACCOUNT),
         }
     );
@@ -186,6 +188,7 @@ fn unchanged_toast_data_comes_from_the_old_row_or_is_counted_missing() {
         DocumentChange::Updated {
             row: access(ACCOUNT),
             previous: Some(access(ACCOUNT)),
+            previous_data: Some(r#"{"big":true}"#.into()),
             document: document(r#"{"big":true}"#, ACCOUNT),
         }
     );
@@ -216,10 +219,17 @@ fn delete_with_full_or_key_only_old_row() {
             (
                 ID,
                 &DocumentChange::Deleted {
-                    previous: Some(access(ACCOUNT))
+                    previous: Some(access(ACCOUNT)),
+                    previous_data: Some("{}".into()),
                 }
             ),
-            (ID, &DocumentChange::Deleted { previous: None }),
+            (
+                ID,
+                &DocumentChange::Deleted {
+                    previous: None,
+                    previous_data: None,
+                },
+            ),
         ]
     );
 }

@@ -8,6 +8,11 @@
  *   c.onStatus((status, detail) => ...);   // connecting | open | authenticated | closed | reconnecting
  *   c.onMessage(msg => ...);               // every server message (parsed envelope)
  *   await c.join("db-tasks_760_");         // remembered, re-joined after every reconnect
+ *   await c.join("db-tasks_760_", {        // [ext] live query: readable rows, then changes
+ *     snapshot: true,
+ *     filter: [["status", "eq", "open"], ["priority", "gte", 3]],
+ *     onSnapshot: (docs, info) => ...      // each page's documents; then ([], {end: true, lsn});
+ *   });                                    //   on a refused snapshot ([], {error})
  *   await c.send("room1", { text: "hi" }); // chan_in, resolved on "ok"
  *   c.leave("room1"); c.close();
  *
@@ -89,7 +94,7 @@
     this._authTimer = null;
     this._connectTimer = null;
     this._keepaliveTimer = null;
-    this._channels = new Map(); // channel -> { since: lsn string | "" }
+    this._channels = new Map(); // channel -> { since, snapshot, filter, onSnapshot }
     this._lastLsn = new Map(); // db channel -> last lsn string seen
     this._inflight = []; // requests sent on this socket, awaiting a reply
     this._joinWaiters = new Map(); // channel -> [{resolve, reject}] not yet sent (waiting for auth)
@@ -137,7 +142,14 @@
       var prev = this._lastLsn.get(channel);
       if (!prev || lsnGreater(since, prev)) this._lastLsn.set(channel, since);
     }
-    this._channels.set(channel, { since: since });
+    this._channels.set(channel, {
+      since: since,
+      snapshot: !!(opts && opts.snapshot),
+      filter: opts && opts.filter ? opts.filter : null,
+      onSnapshot: opts && typeof opts.onSnapshot === "function" ? opts.onSnapshot : null
+    });
+    // A new snapshot starts from nothing: what was seen before does not count.
+    if (opts && opts.snapshot && !since) this._lastLsn.delete(channel);
     if (this._closedByUser) return Promise.reject(WalcastError("client closed"));
     return new Promise(function (resolve, reject) {
       if (self.connected) {
@@ -323,6 +335,8 @@
       token: fields.token != null ? str(fields.token) : this.wsToken
     };
     if (fields.since) msg.since = str(fields.since);
+    if (fields.snapshot) msg.snapshot = true;
+    if (fields.filter) msg.filter = fields.filter;
     this._ws.send(JSON.stringify(msg));
   };
 
@@ -352,9 +366,14 @@
     var fields = { type: "join", data: channel };
     var entry = this._channels.get(channel);
     var since = (isDbChannel(channel) && this._lastLsn.get(channel)) || (entry && entry.since) || "";
+    // Resuming (a position is known) keeps the filter and needs no snapshot; without one, a
+    // live query starts with its snapshot.
     if (since) fields.since = since;
+    else if (entry && entry.snapshot) fields.snapshot = true;
+    if (entry && entry.filter) fields.filter = entry.filter;
     this._request("join", fields, {
       channel: channel,
+      snapshot: !!fields.snapshot,
       resolve: waiter ? waiter.resolve : null,
       reject: waiter ? waiter.reject : null
     });
@@ -393,7 +412,32 @@
         break;
       case "joined":
         r = this._takeInflight("join", str(msg.data)) || this._takeInflight("join");
+        var joinedEntry = this._channels.get(str(msg.data));
+        if (joinedEntry && joinedEntry.snapshot && msg.recovered === false) {
+          // The server no longer holds what was missed: start over from a snapshot.
+          this._lastLsn.delete(str(msg.data));
+          this._sendJoin(str(msg.data), null);
+        } else if (r && r.snapshot) {
+          // Pages, then snapshot_end or an error, come before any later reply.
+          this._inflight.unshift({ kind: "snapshot", channel: r.channel });
+        }
         if (r && r.resolve) r.resolve(msg);
+        break;
+      case "snapshot":
+      case "snapshot_end":
+        var snapEntry = this._channels.get(str(msg.channel));
+        var end = type === "snapshot_end";
+        if (end) {
+          this._takeInflight("snapshot", str(msg.channel));
+          if (msg.lsn) this._lastLsn.set(str(msg.channel), str(msg.lsn));
+        }
+        if (snapEntry && snapEntry.onSnapshot) {
+          var docs = [];
+          if (!end) { try { docs = JSON.parse(str(msg.data)); } catch (e) { docs = []; } }
+          try {
+            snapEntry.onSnapshot(docs, { channel: str(msg.channel), end: end, lsn: end ? str(msg.lsn) : "" });
+          } catch (e) { if (root.console) root.console.error(e); }
+        }
         break;
       case "left":
         r = this._takeInflight("leave", str(msg.data)) || this._takeInflight("leave");
@@ -415,6 +459,14 @@
           // reason, drop this socket and keep retrying with backoff.
           this._drop({ code: 0, reason: str(msg.data), auth: true });
           return;
+        }
+        if (r && r.kind === "snapshot") {
+          var failed = this._channels.get(r.channel);
+          if (failed && failed.onSnapshot) {
+            try { failed.onSnapshot([], { channel: r.channel, end: false, error: str(msg.data) }); }
+            catch (e) { if (root.console) root.console.error(e); }
+          }
+          break;
         }
         if (r && r.kind === "join") {
           var d = str(msg.data);

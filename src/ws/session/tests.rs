@@ -57,6 +57,14 @@ fn context(config: WsConfig, per_app: usize) -> Arc<WsContext> {
         )),
         hub,
         auth: Arc::new(directory),
+        // Never used: these sessions ask for no snapshot (the pool connects on first use).
+        snapshots: Arc::new(
+            crate::livequery::Snapshots::new(
+                "postgres://127.0.0.1:1/none",
+                crate::livequery::SnapshotConfig::default(),
+            )
+            .unwrap(),
+        ),
         limits: ConnectionLimits::new(100, per_app),
         config,
         telemetry,
