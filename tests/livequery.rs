@@ -337,8 +337,7 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
     env.create_repo(&app, "tasks_760_").await;
     env.create_repo(&app, "pub_board").await;
     for i in 0..25 {
-        env.insert(&app, "tasks_760_", Some(a), None, json!({"n": i}))
-            .await;
+        task(&env, &app, a, json!({"n": i})).await;
         env.insert(&app, "tasks_760_", Some(b), None, json!({"n": i}))
             .await;
     }
@@ -374,9 +373,7 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
         .docs
         .values()
         .all(|d| d["accountId"] == a.to_string()));
-    let live = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"n": 99}))
-        .await;
+    let live = task(&env, &app, a, json!({"n": 99})).await;
     member
         .expect_id("db_created", ch, live, "live after snapshot_end")
         .await;
@@ -389,10 +386,7 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
     ))
     .await;
     assert_eq!(r.recv().await["type"], "joined");
-    let mut replica = Replica::default();
-    while !replica.ended {
-        replica.apply(&r.recv().await, ch).unwrap();
-    }
+    let replica = read_snapshot(&mut r, ch).await;
     assert_eq!(replica.docs.len(), 6, "root: n < 3 of both accounts");
 
     // pub_ repos: everyone reads every row.
@@ -400,10 +394,7 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
     p.send_text(join_frame(&p, "db-pub_board", json!({"snapshot": true})))
         .await;
     assert_eq!(p.recv().await["type"], "joined");
-    let mut replica = Replica::default();
-    while !replica.ended {
-        replica.apply(&p.recv().await, "db-pub_board").unwrap();
-    }
+    let replica = read_snapshot(&mut p, "db-pub_board").await;
     assert_eq!(replica.docs.len(), 1);
 
     // A repo that does not exist yet: an empty snapshot, then its events once it exists.
@@ -416,20 +407,13 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
         ))
         .await;
     assert_eq!(early.recv().await["type"], "joined");
-    let mut replica = Replica::default();
-    while !replica.ended {
-        replica.apply(&early.recv().await, "db-later_760_").unwrap();
-    }
+    let replica = read_snapshot(&mut early, "db-later_760_").await;
     assert!(replica.docs.is_empty());
 }
 
 #[tokio::test]
 async fn filter_moves_in_and_out_and_filtered_deletes() {
-    let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let a1 = env.create_user(&app, a, 0).await;
-    env.create_repo(&app, "tasks_760_").await;
+    let (env, app, a, a1) = one_account(TestEnv::start().await).await;
     let ch = "db-tasks_760_";
     let mut open = env.ws_as(&a1).await;
     open.send_text(join_frame(
@@ -445,24 +429,20 @@ async fn filter_moves_in_and_out_and_filtered_deletes() {
     let set = |id: Uuid, data: Value| {
         format!("UPDATE acme.tasks_760_ SET data = '{data}' WHERE id = '{id}'")
     };
-    let x = env
-        .insert(
-            &app,
-            "tasks_760_",
-            Some(a),
-            None,
-            json!({"status": "closed", "meta": {"rank": 5}}),
-        )
-        .await;
-    let y = env
-        .insert(
-            &app,
-            "tasks_760_",
-            Some(a),
-            None,
-            json!({"status": "open", "meta": {"rank": 3}}),
-        )
-        .await;
+    let x = task(
+        &env,
+        &app,
+        a,
+        json!({"status": "closed", "meta": {"rank": 5}}),
+    )
+    .await;
+    let y = task(
+        &env,
+        &app,
+        a,
+        json!({"status": "open", "meta": {"rank": 3}}),
+    )
+    .await;
     all.expect_id("db_created", ch, x, "unfiltered").await;
     all.expect_id("db_created", ch, y, "unfiltered").await;
     open.expect_id("db_created", ch, y, "only the matching row")
@@ -505,39 +485,18 @@ async fn filter_moves_in_and_out_and_filtered_deletes() {
     ))
     .await;
     assert_eq!(open.recv().await["type"], "joined");
-    env.insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
-    let z = env
-        .insert(
-            &app,
-            "tasks_760_",
-            Some(a),
-            None,
-            json!({"status": "closed"}),
-        )
-        .await;
+    task(&env, &app, a, json!({"status": "open"})).await;
+    let z = task(&env, &app, a, json!({"status": "closed"})).await;
     open.expect_id("db_created", ch, z, "the new filter, once")
         .await;
-    let w = env
-        .insert(
-            &app,
-            "tasks_760_",
-            Some(a),
-            None,
-            json!({"status": "closed"}),
-        )
-        .await;
+    let w = task(&env, &app, a, json!({"status": "closed"})).await;
     open.expect_id("db_created", ch, w, "no copy of z in between")
         .await;
 }
 
 #[tokio::test]
 async fn resume_with_a_filter_replays_only_matching_changes() {
-    let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let a1 = env.create_user(&app, a, 0).await;
-    env.create_repo(&app, "tasks_760_").await;
+    let (env, app, a, a1) = one_account(TestEnv::start().await).await;
     let ch = "db-tasks_760_";
     let filter = json!([["status", "eq", "open"]]);
     let mut first = env.ws_as(&a1).await;
@@ -545,26 +504,15 @@ async fn resume_with_a_filter_replays_only_matching_changes() {
         .send_text(join_frame(&first, ch, json!({"filter": filter})))
         .await;
     assert_eq!(first.recv().await["type"], "joined");
-    let kept = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
+    let kept = task(&env, &app, a, json!({"status": "open"})).await;
     let since = first.recv().await["lsn"].as_str().unwrap().to_owned();
     drop(first);
-    env.insert(
-        &app,
-        "tasks_760_",
-        Some(a),
-        None,
-        json!({"status": "closed"}),
-    )
-    .await;
+    task(&env, &app, a, json!({"status": "closed"})).await;
     env.sql(&format!(
         "UPDATE acme.tasks_760_ SET data = '{{\"status\": \"done\"}}' WHERE id = '{kept}'"
     ))
     .await;
-    let new = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
+    let new = task(&env, &app, a, json!({"status": "open"})).await;
 
     let mut back = env.ws_as(&a1).await;
     back.send_text(join_frame(
@@ -587,11 +535,7 @@ async fn resume_with_a_filter_replays_only_matching_changes() {
 
 #[tokio::test]
 async fn every_bad_filter_gets_its_error_and_nothing_changes() {
-    let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let a1 = env.create_user(&app, a, 0).await;
-    env.create_repo(&app, "tasks_760_").await;
+    let (env, app, a, a1) = one_account(TestEnv::start().await).await;
     let ch = "db-tasks_760_";
     let mut ws = env.ws_as(&a1).await;
     ws.send_text(join_frame(
@@ -630,22 +574,11 @@ async fn every_bad_filter_gets_its_error_and_nothing_changes() {
     );
 
     // The first filter still holds, and the membership is unchanged (one copy).
-    env.insert(
-        &app,
-        "tasks_760_",
-        Some(a),
-        None,
-        json!({"status": "closed"}),
-    )
-    .await;
-    let open = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
+    task(&env, &app, a, json!({"status": "closed"})).await;
+    let open = task(&env, &app, a, json!({"status": "open"})).await;
     ws.expect_id("db_created", ch, open, "the original filter")
         .await;
-    let again = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
+    let again = task(&env, &app, a, json!({"status": "open"})).await;
     ws.expect_id("db_created", ch, again, "no second copy")
         .await;
 }
@@ -653,10 +586,7 @@ async fn every_bad_filter_gets_its_error_and_nothing_changes() {
 #[tokio::test]
 async fn snapshot_over_the_row_limit_is_refused_without_reading_the_rows() {
     let env = TestEnv::start_with(|s| s.snapshot.max_rows = 5).await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let a1 = env.create_user(&app, a, 0).await;
-    env.create_repo(&app, "tasks_760_").await;
+    let (env, _app, a, a1) = one_account(env).await;
     env.sql(&format!(
         "INSERT INTO acme.tasks_760_ (account_id, data) \
          SELECT '{a}', jsonb_build_object('n', i) FROM generate_series(1, 5000) i"
@@ -697,10 +627,7 @@ async fn snapshot_over_the_row_limit_is_refused_without_reading_the_rows() {
     ))
     .await;
     assert_eq!(ws.recv().await["type"], "joined");
-    let mut replica = Replica::default();
-    while !replica.ended {
-        replica.apply(&ws.recv().await, ch).unwrap();
-    }
+    let replica = read_snapshot(&mut ws, ch).await;
     assert_eq!(replica.docs.len(), 5);
 }
 
@@ -709,22 +636,9 @@ async fn snapshot_over_the_row_limit_is_refused_without_reading_the_rows() {
 /// position and the same filter (`recovered: true`), and sees only matching changes, once.
 #[tokio::test]
 async fn client_js_live_query_snapshot_then_resume_with_the_same_filter() {
-    let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let a1 = env.create_user(&app, a, 0).await;
-    env.create_repo(&app, "tasks_760_").await;
-    let before = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
-    env.insert(
-        &app,
-        "tasks_760_",
-        Some(a),
-        None,
-        json!({"status": "closed"}),
-    )
-    .await;
+    let (env, app, a, a1) = one_account(TestEnv::start().await).await;
+    let before = task(&env, &app, a, json!({"status": "open"})).await;
+    task(&env, &app, a, json!({"status": "closed"})).await;
 
     let dir = tempfile::tempdir().unwrap();
     let client = dir.path().join("client.js");
@@ -778,9 +692,7 @@ require("readline").createInterface({{ input: process.stdin }}).on("line", (line
         "the end position is the resume point"
     );
 
-    let live = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
+    let live = task(&env, &app, a, json!({"status": "open"})).await;
     let got = next_json(&mut lines).await;
     assert_eq!(
         (got["ev"].as_str(), got["data"]["id"].as_str()),
@@ -795,17 +707,8 @@ require("readline").createInterface({{ input: process.stdin }}).on("line", (line
         rejoined["recovered"], true,
         "re-joined with its last position"
     );
-    env.insert(
-        &app,
-        "tasks_760_",
-        Some(a),
-        None,
-        json!({"status": "closed"}),
-    )
-    .await;
-    let after = env
-        .insert(&app, "tasks_760_", Some(a), None, json!({"status": "open"}))
-        .await;
+    task(&env, &app, a, json!({"status": "closed"})).await;
+    let after = task(&env, &app, a, json!({"status": "open"})).await;
     let got = next_json(&mut lines).await;
     assert_eq!(
         (got["ev"].as_str(), got["data"]["id"].as_str()),
@@ -825,4 +728,30 @@ async fn next_json(
         .unwrap()
         .expect("node ended");
     serde_json::from_str(&line).unwrap()
+}
+
+/// One app with one account, one user of it, and the repo `tasks_760_`.
+async fn one_account(env: TestEnv) -> (TestEnv, App, Uuid, User) {
+    let app = env.create_app("acme").await;
+    let account = env.create_account(&app).await;
+    let user = env.create_user(&app, account, 0).await;
+    env.create_repo(&app, "tasks_760_").await;
+    (env, app, account, user)
+}
+
+/// A row of `tasks_760_` in `account`.
+async fn task(env: &TestEnv, app: &App, account: Uuid, data: Value) -> Uuid {
+    env.insert(app, "tasks_760_", Some(account), None, data)
+        .await
+}
+
+/// Reads pages (and changes) until `snapshot_end`.
+async fn read_snapshot(ws: &mut Ws, channel: &str) -> Replica {
+    let mut replica = Replica::default();
+    while !replica.ended {
+        if let Err(problem) = replica.apply(&ws.recv().await, channel) {
+            panic!("{problem}");
+        }
+    }
+    replica
 }
