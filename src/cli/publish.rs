@@ -21,13 +21,8 @@ pub struct PublishArgs {
     /// The gateway's publish key (`serve --publish-key`).
     #[arg(long, env = "WALCAST_PUBLISH_KEY", hide_env_values = true)]
     key: Option<String>,
-    /// A root user's session JWT, instead of the publish key.
-    #[arg(
-        long,
-        env = "WALCAST_TOKEN",
-        hide_env_values = true,
-        conflicts_with = "key"
-    )]
+    /// A root user's session JWT; used instead of the publish key when both are set.
+    #[arg(long, env = "WALCAST_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// The custom channel.
     #[arg(long)]
