@@ -364,3 +364,13 @@ async fn stalled_sse_client_is_dropped_as_slow_consumer() {
         .unwrap();
     assert_eq!(ws.recv().await["data"], "after");
 }
+
+#[tokio::test]
+async fn vanished_sse_client_is_noticed_without_waiting_for_a_keep_alive() {
+    let env = TestEnv::start_with(|s| s.ws.ping_interval = Duration::from_secs(3600)).await;
+    let gateway = env.gateway.as_ref().unwrap();
+    let sse = Sse::connect(env.addr, "").await;
+    assert_eq!(gateway.sse.len(), 1);
+    sse.vanish();
+    eventually("the stream is unregistered", || gateway.sse.is_empty()).await;
+}
