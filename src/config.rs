@@ -91,7 +91,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WALCAST_PUBLISH_KEY", hide_env_values = true)]
     pub publish_key: Option<String>,
     /// Seconds an idempotency key is remembered, 0 = keys ignored [default: 120]
-    #[arg(long, env = "WALCAST_IDEMPOTENCY_WINDOW_SECS")]
+    #[arg(
+        long,
+        alias = "idempotency-window",
+        env = "WALCAST_IDEMPOTENCY_WINDOW_SECS"
+    )]
     pub idempotency_window_secs: Option<u64>,
     /// Idempotency keys remembered at most (the oldest is forgotten first) [default: 100000]
     #[arg(long, env = "WALCAST_IDEMPOTENCY_MAX_KEYS")]
