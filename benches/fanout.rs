@@ -105,7 +105,9 @@ fn db_fanout(c: &mut Criterion) {
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     group.bench_function("db_10k_subscribers_1k_accounts", |b| {
         b.iter(|| {
-            let stats = s.hub.dispatch(black_box(Arc::clone(&tx)), false);
+            let stats = s
+                .hub
+                .dispatch(black_box(Arc::clone(&tx)), false, SystemTime::now());
             assert_eq!(stats.delivered, SUBSCRIBERS);
             drain(&s.outboxes, &mut batch)
         })

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8099";
+pub const DEFAULT_DATA_DIR: &str = "walcast-data";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -115,6 +116,10 @@ pub struct ServeArgs {
     /// Events held for one member while its snapshot is read [default: 10000]
     #[arg(long, env = "WALCAST_SNAPSHOT_MAX_HELD_EVENTS")]
     pub snapshot_max_held_events: Option<usize>,
+    /// Directory of walcast's own state: the resume window log, under
+    /// `window/<system id>-<database>-<slot>/` [default: walcast-data]
+    #[arg(long, env = "WALCAST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Seconds between server pings [default: 30]
     #[arg(long, env = "WALCAST_PING_INTERVAL")]
     pub ping_interval_secs: Option<u64>,
@@ -156,6 +161,8 @@ pub struct Settings {
     /// Serve TLS with these PEM files; plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
     pub snapshot: SnapshotConfig,
+    /// Where the resume window log lives (see [`ServeArgs::data_dir`]).
+    pub data_dir: PathBuf,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
 }
@@ -198,7 +205,7 @@ impl ServeArgs {
             idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs,
             handshake_timeout_secs, tls_cert, tls_key, compression, compression_threshold,
             snapshot_max_rows, snapshot_timeout_secs, snapshot_pool_size, snapshot_max_in_flight,
-            snapshot_max_held_events);
+            snapshot_max_held_events, data_dir);
         self
     }
 
@@ -299,17 +306,23 @@ impl ServeArgs {
                     ..d
                 }
             },
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             demo: false,
         })
     }
 }
 
 impl Settings {
-    /// Settings for a given database with every default (tests, `walcast up`).
+    /// Settings for a given database with every default (tests, `walcast up`), the data
+    /// directory in the system's temporary directory (logs are kept apart per server, database
+    /// and slot there).
     pub fn new(database_url: impl Into<String>, jwt_secret: impl Into<String>) -> Settings {
         ServeArgs {
             database_url: Some(database_url.into()),
             jwt_secret: Some(jwt_secret.into()),
+            data_dir: Some(std::env::temp_dir().join("walcast")),
             ..ServeArgs::default()
         }
         .resolve()

@@ -1,15 +1,17 @@
 //! Wiring and ordered shutdown: prepare the database, start replication, serve HTTP.
 //!
 //! Shutdown order: stop accepting → close every socket with 1001 → finish the transaction in
-//! hand → confirm the last dispatched LSN and end the replication stream → return.
+//! hand → make the window log durable, confirm the slot up to it and end the replication
+//! stream → return.
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::db::{Database, DbError};
-use crate::event::Assembler;
 use crate::http::{route, DemoApi, HttpState, PublishApi};
 use crate::hub::Hub;
+use crate::journal::JournalError;
 use crate::livequery::Snapshots;
+use crate::pipeline::{Pipeline, Status};
 use crate::publish::{ChannelSink, MemoryIdempotency, Publisher};
 use crate::sse::SseStreams;
 use crate::telemetry::Telemetry;
@@ -19,9 +21,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 use walcast_replication::{
-    Confirmer, Lsn, PublicationScope, ReplicationConfig, ReplicationError, ReplicationStream,
+    PublicationScope, ReplicationConfig, ReplicationError, ReplicationStream,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub enum GatewayError {
     SlotInUse { slot: String, message: String },
     #[error("replication stopped for good")]
     Stopped(#[source] ReplicationError),
+    #[error("cannot open the resume window log")]
+    Journal(#[source] JournalError),
     #[error("cannot load the TLS certificate")]
     Tls(#[source] crate::tls::TlsError),
     #[error("cannot listen on {addr}")]
@@ -109,10 +112,11 @@ impl Gateway {
         let db = Arc::new(Database::new(settings.database_url.clone()));
         prepare(&db).await.map_err(GatewayError::Prepare)?;
         let stream = start_replication(&settings).await?;
+        let opened = crate::pipeline::open(&settings, &stream).await?;
 
         let root = CancellationToken::new();
         let telemetry = Telemetry::new();
-        let hub = Arc::new(Hub::new(settings.resume_window, stream.start_lsn()));
+        let hub = Arc::clone(&opened.hub);
         // Transactions up to the server's WAL position at start were committed before this
         // process ran: replayed into the resume window, delivered only to resuming members.
         let recovery_end = stream.identity().xlogpos;
@@ -141,7 +145,7 @@ impl Gateway {
             telemetry: telemetry.clone(),
             shutdown: root.child_token(),
         });
-        let streaming = Arc::new(AtomicBool::new(true));
+        let status = Arc::new(Status::default());
         let sockets = TaskTracker::new();
         let sse = SseStreams::new(Arc::clone(&ws), sockets.clone());
         let publish = PublishApi {
@@ -157,7 +161,7 @@ impl Gateway {
         let state = Arc::new(HttpState {
             ws,
             db,
-            streaming: Arc::clone(&streaming),
+            status: Arc::clone(&status),
             demo,
             sse: Arc::clone(&sse),
             publish,
@@ -165,18 +169,18 @@ impl Gateway {
         });
 
         let (fatal_tx, fatal) = oneshot::channel();
+        let pipeline = Pipeline::new(
+            settings.clone(),
+            &opened,
+            recovery_end,
+            telemetry.clone(),
+            status,
+        );
+        drop(opened);
         let dispatcher = tokio::spawn(
-            dispatch_loop(
-                stream,
-                fatal_tx,
-                recovery_end,
-                settings.clone(),
-                Arc::clone(&hub),
-                telemetry.clone(),
-                streaming,
-                root.child_token(),
-            )
-            .instrument(tracing::info_span!("replication", slot = %settings.slot)),
+            pipeline
+                .run(stream, fatal_tx, root.child_token())
+                .instrument(tracing::info_span!("replication", slot = %settings.slot)),
         );
         let accept_stop = root.child_token();
         let accept = tokio::spawn(accept_loop(listener, acceptor, state, accept_stop.clone()));
@@ -251,7 +255,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, GatewayError> {
 async fn start_replication(settings: &Settings) -> Result<ReplicationStream, GatewayError> {
     let mut delay = Duration::from_millis(250);
     for attempt in 1.. {
-        match ReplicationStream::start(replication_config(settings, None)).await {
+        match ReplicationStream::start(replication_config(settings)).await {
             Ok(stream) => return Ok(stream),
             Err(error) if error.sqlstate() == Some(OBJECT_IN_USE) => {
                 if attempt >= SLOT_IN_USE_ATTEMPTS {
@@ -279,15 +283,18 @@ const OBJECT_IN_USE: &str = "55006";
 /// 250 ms doubling to 2 s: about 8 s in all.
 const SLOT_IN_USE_ATTEMPTS: u32 = 6;
 
-pub fn replication_config(settings: &Settings, start: Option<Lsn>) -> ReplicationConfig {
+/// Streams from the slot's confirmed position. With a resume window, idle positions are
+/// confirmed by the pipeline once the window log recorded them.
+pub fn replication_config(settings: &Settings) -> ReplicationConfig {
     ReplicationConfig {
         conninfo: settings.database_url.clone(),
         slot: settings.slot.clone(),
         publication: settings.publication.clone(),
         create_publication: PublicationScope::AllTables,
-        start_lsn: start,
         // Snapshots emit a logical message to move the stream past their position.
         messages: true,
+        status_interval: Duration::from_secs(1),
+        confirm_idle: !settings.resume_window.enabled(),
         ..ReplicationConfig::default()
     }
 }
@@ -411,141 +418,4 @@ fn reload_on_hangup(store: Arc<CertificateStore>, stop: CancellationToken) {
             }
         }
     });
-}
-
-/// Reads committed transactions, turns them into events, hands them to the hub and only then
-/// confirms their end LSN. Reconnects with backoff when the stream fails, resuming after the
-/// last dispatched transaction (never re-sending one).
-#[allow(clippy::too_many_arguments)]
-async fn dispatch_loop(
-    mut stream: ReplicationStream,
-    fatal: oneshot::Sender<ReplicationError>,
-    recovery_end: Lsn,
-    settings: Settings,
-    hub: Arc<Hub>,
-    telemetry: Telemetry,
-    streaming: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    let mut assembler = Assembler::new();
-    let mut last_dispatched = Lsn::ZERO;
-    let mut backoff = Duration::from_millis(200);
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        let confirmer: Confirmer = stream.confirmer();
-        confirmer.confirm(hub.expire_history(Instant::now()));
-        let progress = stream.progress();
-        let mut last_commit: Option<SystemTime> = None;
-        let failed = loop {
-            let next = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break false,
-                _ = ticker.tick() => {
-                    report(&telemetry, &hub, &progress, last_commit);
-                    record_assembler(&telemetry, &mut assembler);
-                    confirmer.confirm(hub.expire_history(Instant::now()));
-                    continue;
-                }
-                next = stream.recv() => next,
-            };
-            let tx = match next {
-                Some(Ok(tx)) => tx,
-                Some(Err(error)) if error.is_permanent() => {
-                    tracing::error!(
-                        error = &error as &dyn std::error::Error,
-                        "replication failed for good"
-                    );
-                    streaming.store(false, Ordering::Release);
-                    let _ = fatal.send(error);
-                    return;
-                }
-                Some(Err(error)) => {
-                    tracing::error!(
-                        error = &error as &dyn std::error::Error,
-                        "replication failed"
-                    );
-                    break true;
-                }
-                None => break true,
-            };
-            // Already dispatched (and held for resume) before the stream reconnected.
-            if tx.end_lsn <= last_dispatched {
-                continue;
-            }
-            let events = Arc::new(assembler.assemble(&tx));
-            let stats = hub.dispatch(events, tx.end_lsn <= recovery_end);
-            telemetry.transaction_in(stats.events);
-            telemetry.delivered(stats.delivered);
-            telemetry.drop_reason("slow_consumer", stats.slow_consumers);
-            telemetry.drop_reason("fail_closed", stats.fail_closed);
-            last_dispatched = tx.end_lsn;
-            last_commit = Some(tx.commit_time);
-            confirmer.confirm(stats.confirmable);
-            backoff = Duration::from_millis(200);
-        };
-        record_assembler(&telemetry, &mut assembler);
-        if !failed {
-            if let Err(error) = stream.stop().await {
-                tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "replication stop failed"
-                );
-            }
-            streaming.store(false, Ordering::Release);
-            return;
-        }
-        streaming.store(false, Ordering::Release);
-        drop(stream);
-        stream = loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-            let start = (last_dispatched > Lsn::ZERO).then_some(last_dispatched);
-            match ReplicationStream::start(replication_config(&settings, start)).await {
-                Ok(stream) => break stream,
-                Err(error) if error.is_permanent() => {
-                    tracing::error!(
-                        error = &error as &dyn std::error::Error,
-                        "replication cannot restart"
-                    );
-                    let _ = fatal.send(error);
-                    return;
-                }
-                Err(error) => tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    ?backoff,
-                    "replication restart failed, retrying"
-                ),
-            }
-        };
-        streaming.store(true, Ordering::Release);
-    }
-}
-
-fn record_assembler(telemetry: &Telemetry, assembler: &mut Assembler) {
-    let stats = std::mem::take(&mut assembler.stats);
-    telemetry.drop_reason("invalid_row", stats.invalid_rows as usize);
-    telemetry.drop_reason("missing_document", stats.missing_document as usize);
-    telemetry.drop_reason("truncate", stats.truncates as usize);
-}
-
-fn report(
-    telemetry: &Telemetry,
-    hub: &Hub,
-    progress: &walcast_replication::ProgressHandle,
-    last_commit: Option<SystemTime>,
-) {
-    let confirmed = progress.confirmed();
-    let lag_bytes = progress.server_wal_end().0.saturating_sub(confirmed.0);
-    let lag_seconds = match last_commit {
-        Some(at) if lag_bytes > 0 => SystemTime::now()
-            .duration_since(at)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
-        _ => 0.0,
-    };
-    telemetry.replication(lag_bytes, lag_seconds, confirmed.0);
-    telemetry.channels(hub.channel_count());
 }

@@ -11,7 +11,8 @@
 //!   → hub                   channel index → subscribers; each frame encoded once into Bytes
 //!   → ws                    per-connection bounded outbox → one writer task per socket
 //! client frames → ws → protocol (parse, validate) → hub (join / leave / chan_in)
-//! acknowledgement: the hub accepted a transaction → its end LSN is confirmed to PostgreSQL
+//! acknowledgement: the window log made a transaction durable → its end LSN is confirmed to
+//! PostgreSQL (with resume off: once the hub accepted it)
 //! ```
 //!
 //! Modules:
@@ -31,6 +32,9 @@
 //! - [`db`]: the gateway's ordinary PostgreSQL connection.
 //! - [`schema`]: embedded SQL (StaticBackend layout, gateway preparation, demo app).
 //! - [`http`]: routes: `/ws`, `/sse/*`, `/publish`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
+//! - [`journal`]: the resume window's durable log ([`journal::WindowLog`]; on one node,
+//!   checksummed segment files in the data directory).
+//! - [`pipeline`]: slot → events → hub and window log → slot confirmed once durable.
 //! - [`gateway`]: wiring and ordered shutdown.
 //! - [`config`]: `serve` settings (flags over env over TOML file).
 //! - [`telemetry`]: Prometheus metrics.
@@ -45,8 +49,10 @@ pub mod event;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub mod journal;
 pub mod livequery;
 pub mod permission;
+pub mod pipeline;
 pub mod protocol;
 pub mod publish;
 pub mod schema;

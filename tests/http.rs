@@ -17,7 +17,17 @@ async fn metrics_health_and_readiness_while_streaming() {
     let env = TestEnv::start().await;
     assert_eq!(http_get(env.addr, "/healthz").await.status, 200);
     let ready = http_get(env.addr, "/readyz").await;
-    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert_eq!(ready.status, 200);
+    assert!(ready.body.starts_with("ready\n"), "{}", ready.body);
+    // Details: the window log's directory, size and oldest position.
+    for key in [
+        "replication: streaming",
+        "resume_log_dir: ",
+        "resume_log_bytes: ",
+        "resume_log_oldest: ",
+    ] {
+        assert!(ready.body.contains(key), "{key} in {}", ready.body);
+    }
 
     let app = env.create_app("acme").await;
     let account = env.create_account(&app).await;

@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod crash;
 mod db_events;
+mod durability;
 mod flood;
 mod framing;
 mod http;

@@ -4,18 +4,6 @@
 use crate::support::*;
 use serde_json::{json, Value};
 
-async fn join_since(ws: &mut Ws, channel: &str, since: &str) -> bool {
-    let msg =
-        json!({"sid": ws.sid, "type": "join", "data": channel, "token": ws.token, "since": since});
-    ws.send_text(msg.to_string()).await;
-    let reply = ws.recv().await;
-    assert_eq!(reply["type"], "joined", "{reply}");
-    assert_eq!(reply["data"], channel);
-    reply["recovered"]
-        .as_bool()
-        .expect("recovered is a boolean")
-}
-
 #[tokio::test]
 async fn rejoin_with_since_replays_exactly_what_was_missed() {
     let env = TestEnv::start().await;
@@ -50,7 +38,7 @@ async fn rejoin_with_since_replays_exactly_what_was_missed() {
         .await;
 
     let mut back = env.ws_as(&a1).await;
-    assert!(join_since(&mut back, ch, &since).await, "within the window");
+    assert!(back.join_since(ch, &since).await, "within the window");
     assert_eq!(event(&back.recv().await, "db_created", ch)["n"], 2);
     assert_eq!(event(&back.recv().await, "db_updated", ch)["n"], 22);
     assert_eq!(
@@ -66,7 +54,7 @@ async fn rejoin_with_since_replays_exactly_what_was_missed() {
 
     // Another account's user resuming from the same point sees only its own row.
     let mut other = env.ws_as(&c).await;
-    assert!(join_since(&mut other, ch, &since).await);
+    assert!(other.join_since(ch, &since).await);
     assert_eq!(event(&other.recv().await, "db_created", ch)["n"], "B");
     let e6 = env
         .insert(&app, "tasks_760_", Some(b), None, json!({"n": 6}))
@@ -77,11 +65,11 @@ async fn rejoin_with_since_replays_exactly_what_was_missed() {
 
     // Older than the window (before the gateway's start), or unreadable: reload.
     let mut stale = env.ws_as(&a1).await;
-    assert!(!join_since(&mut stale, ch, "0/1").await);
+    assert!(!stale.join_since(ch, "0/1").await);
     let mut garbage = env.ws_as(&a1).await;
-    assert!(!join_since(&mut garbage, "db-other", "not-an-lsn").await);
+    assert!(!garbage.join_since("db-other", "not-an-lsn").await);
     // Custom channels keep no history.
-    assert!(!join_since(&mut garbage, "room", &since).await);
+    assert!(!garbage.join_since("room", &since).await);
 }
 
 #[tokio::test]
@@ -118,7 +106,7 @@ async fn resume_survives_a_gateway_restart() {
     let mut back = Ws::connect(gateway.local_addr(), "").await;
     back.auth(&a1.jwt).await;
     assert!(
-        join_since(&mut back, ch, &since).await,
+        back.join_since(ch, &since).await,
         "the WAL kept the window across the restart"
     );
     let e3 = env

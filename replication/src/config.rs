@@ -43,6 +43,10 @@ pub struct ReplicationConfig {
     pub messages: bool,
     /// `application_name` shown in `pg_stat_replication`.
     pub application_name: String,
+    /// `true`: while idle, the reader itself reports a keepalive's position as flushed.
+    /// `false`: it only publishes that position ([`crate::ProgressHandle::idle_position`]) and
+    /// the consumer confirms it once it has recorded it (a consumer with its own durable log).
+    pub confirm_idle: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -58,6 +62,7 @@ impl Default for ReplicationConfig {
             start_lsn: None,
             messages: false,
             application_name: "walcast".to_owned(),
+            confirm_idle: true,
         }
     }
 }

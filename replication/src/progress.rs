@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
+use tokio::sync::Notify;
 
 use crate::pgoutput::pg_time;
 use crate::Lsn;
@@ -17,6 +18,11 @@ pub(crate) struct Shared {
     pub(crate) received: AtomicU64,
     pub(crate) server_wal_end: AtomicU64,
     pub(crate) last_commit_micros: AtomicI64,
+    /// Highest keepalive position seen while idle: every transaction before it was handed over.
+    pub(crate) idle: AtomicU64,
+    pub(crate) idle_changed: Notify,
+    /// Signalled when the consumer confirms more, so the reader reports it without waiting.
+    pub(crate) confirmed_changed: Notify,
 }
 
 impl Shared {
@@ -26,6 +32,9 @@ impl Shared {
             received: AtomicU64::new(confirmed.0),
             server_wal_end: AtomicU64::new(0),
             last_commit_micros: AtomicI64::new(NO_COMMIT),
+            idle: AtomicU64::new(0),
+            idle_changed: Notify::new(),
+            confirmed_changed: Notify::new(),
         })
     }
 
@@ -45,7 +54,9 @@ impl Confirmer {
     /// one already confirmed is ignored. The next standby status update reports it as flushed,
     /// which lets PostgreSQL recycle the WAL before it.
     pub fn confirm(&self, lsn: Lsn) {
-        self.shared.confirmed.fetch_max(lsn.0, Ordering::AcqRel);
+        if self.shared.confirmed.fetch_max(lsn.0, Ordering::AcqRel) < lsn.0 {
+            self.shared.confirmed_changed.notify_one();
+        }
     }
 
     /// The highest confirmed position.
@@ -74,6 +85,19 @@ impl ProgressHandle {
     /// Highest position confirmed by the consumer.
     pub fn confirmed(&self) -> Lsn {
         self.shared.confirmed()
+    }
+
+    /// The latest position up to which the server has sent everything and the consumer
+    /// confirmed everything handed over (a keepalive's position while idle). `0/0` until the
+    /// stream has been idle once.
+    pub fn idle_position(&self) -> Lsn {
+        Lsn(self.shared.idle.load(Ordering::Acquire))
+    }
+
+    /// Resolves when [`Self::idle_position`] may have moved (cancel-safe; a change before the
+    /// call is not lost).
+    pub async fn idle_changed(&self) {
+        self.shared.idle_changed.notified().await
     }
 
     /// Commit time of the last transaction handed to the consumer.

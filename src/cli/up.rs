@@ -89,6 +89,8 @@ pub async fn run(args: UpArgs) -> Result<()> {
         database_url: Some(database_url),
         listen: Some(args.listen.clone()),
         jwt_secret: Some(args.jwt_secret.clone()),
+        // The window log sits beside the embedded cluster's files, under `window/`.
+        data_dir: Some(args.data_dir.clone()),
         ..ServeArgs::default()
     }
     .resolve()?;

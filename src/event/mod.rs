@@ -6,11 +6,13 @@
 mod assemble;
 mod document;
 mod kind;
+mod position;
 pub mod repo;
 
 pub use assemble::{AssembleStats, Assembler};
 pub use document::{build_document, DocumentError};
 pub use kind::EventKind;
+pub use position::{ParsePositionError, Position};
 
 use crate::permission::{AppName, RowAccess};
 use std::sync::Arc;
@@ -76,4 +78,26 @@ pub struct CommittedEvents {
     pub end_lsn: Lsn,
     pub commit_time: SystemTime,
     pub events: Vec<DocumentEvent>,
+}
+
+/// A transaction of `events` deletes committed at `commit` (ending 8 bytes later), for tests.
+#[cfg(test)]
+pub(crate) fn deletes(commit: u64, events: usize) -> Arc<CommittedEvents> {
+    Arc::new(CommittedEvents {
+        xid: 0,
+        commit_lsn: Lsn(commit),
+        end_lsn: Lsn(commit + 8),
+        commit_time: SystemTime::UNIX_EPOCH,
+        events: (0..events)
+            .map(|i| DocumentEvent {
+                app: "a".into(),
+                repo: "r".into(),
+                id: format!("{commit}-{i}"),
+                change: DocumentChange::Deleted {
+                    previous: None,
+                    previous_data: None,
+                },
+            })
+            .collect(),
+    })
 }

@@ -18,7 +18,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, SEC_WEBSOCKET_EXTENSIONS};
 use hyper::{Method, Request, Response, StatusCode};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio_util::task::TaskTracker;
 
@@ -33,8 +32,8 @@ pub type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
 pub struct HttpState {
     pub ws: Arc<WsContext>,
     pub db: Arc<crate::db::Database>,
-    /// True while the replication stream is up.
-    pub streaming: Arc<AtomicBool>,
+    /// Whether the replication stream is up; the window log's figures.
+    pub status: Arc<crate::pipeline::Status>,
     pub demo: Option<DemoApi>,
     pub sse: Arc<SseStreams>,
     pub publish: PublishApi,
@@ -68,6 +67,35 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Option<Bytes> {
         .map(|c| c.to_bytes())
 }
 
+/// `key: value` lines after the verdict: replication and the window log.
+fn readiness_details(status: &crate::pipeline::Status) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "replication: {}",
+        if status.streaming() {
+            "streaming"
+        } else {
+            "down"
+        }
+    );
+    match status.log() {
+        Some(log) => {
+            let _ = writeln!(out, "resume_log_dir: {}", log.location);
+            let _ = writeln!(out, "resume_log_bytes: {}", log.bytes);
+            let _ = writeln!(out, "resume_log_segments: {}", log.segments);
+            let oldest = log
+                .oldest
+                .map_or_else(|| "none".to_owned(), |l| l.to_string());
+            let _ = writeln!(out, "resume_log_oldest: {oldest}");
+            let _ = writeln!(out, "resume_log_durable: {}", log.durable);
+        }
+        None => out.push_str("resume_log: off\n"),
+    }
+    out
+}
+
 pub async fn route(
     state: Arc<HttpState>,
     req: Request<Incoming>,
@@ -83,11 +111,15 @@ pub async fn route(
         (&Method::POST, "/publish") => state.publish.handle(req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if state.streaming.load(Ordering::Acquire) && state.db.is_reachable().await {
-                text(StatusCode::OK, "ready\n")
+            let ready = state.status.streaming() && state.db.is_reachable().await;
+            let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+            body.push_str(&readiness_details(&state.status));
+            let status = if ready {
+                StatusCode::OK
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            respond(status, "text/plain; charset=utf-8", body)
         }
         (&Method::GET, "/metrics") => respond(
             StatusCode::OK,

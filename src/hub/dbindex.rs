@@ -1,11 +1,11 @@
 use super::{ConnId, Subscriber};
+use crate::event::Position;
 use crate::livequery::{Filter, FilterGroups, WaitingMembers};
 use crate::permission::{ReadLevel, RowAccess};
 use crate::protocol::Channel;
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
-use walcast_replication::Lsn;
 
 type Bucket = HashMap<ConnId, Arc<Subscriber>>;
 
@@ -24,7 +24,7 @@ pub struct DbChannel {
     /// Members that joined with `since`: the only ones that receive transactions committed
     /// before the gateway started (they asked for what they missed; everyone else loaded their
     /// data after those commits).
-    resumers: HashMap<ConnId, Lsn>,
+    resumers: HashMap<ConnId, Position>,
     /// Members' subscription filters, grouped (members without one are not in it).
     pub filters: FilterGroups,
     /// Members whose snapshot is being read: not in the buckets yet, transactions held.
@@ -47,12 +47,12 @@ impl DbChannel {
         }
     }
 
-    /// `since`: the member resumes after this commit LSN. A member already in the channel keeps
+    /// `since`: the member resumes after this event position. A member already in the channel keeps
     /// one membership; its filter is replaced.
     pub fn insert(
         &mut self,
         sub: Arc<Subscriber>,
-        since: Option<Lsn>,
+        since: Option<Position>,
         filter: Option<Arc<Filter>>,
     ) {
         if let Some(since) = since {
@@ -104,15 +104,15 @@ impl DbChannel {
         true
     }
 
-    /// Whether a transaction committed at `commit` goes to this member at all: a resuming
-    /// member never gets what it saw before `since` (the replay may still be catching up
-    /// after a restart); transactions of that catch-up (`recovery`) go to resuming members only.
-    pub fn admits(&self, conn: ConnId, commit: Lsn, recovery: bool) -> bool {
+    /// Whether the event at `pos` goes to this member at all: a resuming member never gets what
+    /// it saw up to `since` (the replay may still be catching up after a restart); events of
+    /// that catch-up (`recovery`) go to resuming members only.
+    pub fn admits(&self, conn: ConnId, pos: Position, recovery: bool) -> bool {
         if self.resumers.is_empty() {
             return !recovery;
         }
         match self.resumers.get(&conn) {
-            Some(since) => commit > *since,
+            Some(since) => pos > *since,
             None => !recovery,
         }
     }

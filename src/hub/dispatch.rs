@@ -1,11 +1,10 @@
 use super::dbindex::DbChannel;
 use super::{read, ConnId, Delivery, Hub, Subscriber};
-use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind};
+use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind, Position};
 use crate::livequery::{EventFilters, Filter, Sight};
 use crate::permission::{may_read, ReadLevel, Reader, RowAccess};
 use crate::protocol::{encode, frame, ChannelKind, Envelope, Outgoing};
 use std::sync::Arc;
-use walcast_replication::Lsn;
 
 /// Outcome of dispatching one transaction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -18,8 +17,6 @@ pub struct DispatchStats {
     pub fail_closed: usize,
     /// Subscription filter evaluations: at most one per distinct filter per event.
     pub filter_evaluations: usize,
-    /// What the replication slot may now be confirmed up to (the resume window's start).
-    pub confirmable: Lsn,
 }
 
 /// The (at most three) frames one event can produce, each encoded once on first use and
@@ -28,41 +25,44 @@ struct Frames<'a> {
     event: &'a DocumentEvent,
     channel: &'a str,
     lsn: &'a str,
+    pos: String,
     encoded: [Option<Outgoing>; 3],
 }
 
 impl<'a> Frames<'a> {
-    fn new(event: &'a DocumentEvent, channel: &'a str, lsn: &'a str) -> Self {
+    fn new(event: &'a DocumentEvent, channel: &'a str, lsn: &'a str, pos: Position) -> Self {
         Frames {
             event,
             channel,
             lsn,
+            pos: pos.to_string(),
             encoded: Default::default(),
         }
     }
 
-    fn build(channel: &str, lsn: &str, kind: EventKind, data: &str) -> Outgoing {
+    fn build(channel: &str, lsn: &str, pos: &str, kind: EventKind, data: &str) -> Outgoing {
         Outgoing::shared(frame::text(&encode(&Envelope {
             kind: kind.as_str(),
             data,
             channel,
             lsn: Some(lsn),
+            pos: Some(pos),
             ..Envelope::default()
         })))
     }
 
     fn get(&mut self, kind: EventKind) -> Outgoing {
-        let (event, channel, lsn) = (self.event, self.channel, self.lsn);
+        let (event, channel, lsn, pos) = (self.event, self.channel, self.lsn, &self.pos);
         self.encoded[kind.index()]
             .get_or_insert_with(|| match (kind, event.change.document()) {
                 (EventKind::Created | EventKind::Updated, Some(document)) => {
-                    Self::build(channel, lsn, kind, document)
+                    Self::build(channel, lsn, pos, kind, document)
                 }
                 // A delete names the document by its id (a JSON string). A row without a
                 // document is deleted whatever the kind asked: `decide` never asks otherwise.
                 (EventKind::Deleted, _) | (EventKind::Created | EventKind::Updated, None) => {
                     let id = serde_json::Value::String(event.id.clone()).to_string();
-                    Self::build(channel, lsn, EventKind::Deleted, &id)
+                    Self::build(channel, lsn, pos, EventKind::Deleted, &id)
                 }
             })
             .clone()
@@ -149,8 +149,13 @@ fn fails_closed(level: ReadLevel, change: &DocumentChange) -> bool {
 impl Hub {
     /// Pushes every event of one committed transaction to the subscribers allowed to read it,
     /// then keeps it for resume. `recovery`: the transaction was committed before the gateway
-    /// started, so only members that asked to resume get it.
-    pub fn dispatch(&self, tx: Arc<CommittedEvents>, recovery: bool) -> DispatchStats {
+    /// started, so only members that asked to resume get it. `at`: when it entered the window.
+    pub fn dispatch(
+        &self,
+        tx: Arc<CommittedEvents>,
+        recovery: bool,
+        at: std::time::SystemTime,
+    ) -> DispatchStats {
         let mut stats = DispatchStats {
             events: tx.events.len(),
             ..DispatchStats::default()
@@ -158,7 +163,7 @@ impl Hub {
         let lsn = tx.commit_lsn.to_string();
         let mut delivery = Delivery::default();
         let db = read(&self.db);
-        for event in &tx.events {
+        for (i, event) in tx.events.iter().enumerate() {
             let Some(index) = db.get(&*event.app).and_then(|c| c.get(&*event.repo)) else {
                 continue;
             };
@@ -166,10 +171,11 @@ impl Hub {
             if fails_closed(index.level, &event.change) {
                 stats.fail_closed += 1;
             }
-            let mut frames = Frames::new(event, index.channel.name(), &lsn);
+            let pos = Position::new(tx.commit_lsn, i);
+            let mut frames = Frames::new(event, index.channel.name(), &lsn, pos);
             let mut filters = EventFilters::new(event);
             for sub in candidates(index, &event.change) {
-                if !index.admits(sub.conn, tx.commit_lsn, recovery) {
+                if !index.admits(sub.conn, pos, recovery) {
                     continue;
                 }
                 let sight = sight_of(index, sub.conn, &mut filters);
@@ -182,10 +188,7 @@ impl Hub {
         // Under the db read lock: a snapshot registering its member (write lock) sees this
         // transaction either here, dispatched before it, or held for it — never neither.
         self.record_dispatched(&tx);
-        let mut history = super::lock(&self.history);
-        history.push(tx, std::time::Instant::now());
-        stats.confirmable = history.confirmable();
-        drop(history);
+        super::lock(&self.history).push(tx, at);
         drop(db);
         stats.delivered = delivery.delivered;
         stats.slow_consumers = delivery.slow_consumers;
@@ -222,12 +225,13 @@ fn candidates<'a>(
     }
 }
 
-/// Pushes to one subscriber every held event of `index`'s channel it may read and `filter`
-/// passes, in commit order.
+/// Pushes to one subscriber every held event of `index`'s channel after `since` it may read and
+/// `filter` passes, in commit order.
 pub(super) fn replay<'a>(
     sub: &Subscriber,
     index: &DbChannel,
     filter: Option<&Filter>,
+    since: Position,
     held: impl Iterator<Item = &'a CommittedEvents>,
 ) {
     let ChannelKind::Db { repo, .. } = index.channel.kind() else {
@@ -235,8 +239,9 @@ pub(super) fn replay<'a>(
     };
     for tx in held {
         let lsn = tx.commit_lsn.to_string();
-        for event in &tx.events {
-            if event.repo != *repo || event.app != sub.reader.app {
+        for (i, event) in tx.events.iter().enumerate() {
+            let pos = Position::new(tx.commit_lsn, i);
+            if pos <= since || event.repo != *repo || event.app != sub.reader.app {
                 continue;
             }
             let sight = match filter {
@@ -244,7 +249,7 @@ pub(super) fn replay<'a>(
                 None => Sight::ALL,
             };
             if let Some(kind) = decide(index.level, &sub.reader, &event.change, sight) {
-                let frame = Frames::new(event, index.channel.name(), &lsn).get(kind);
+                let frame = Frames::new(event, index.channel.name(), &lsn, pos).get(kind);
                 sub.outbox.push(frame);
             }
         }
@@ -259,6 +264,7 @@ mod tests {
     use futures_util::FutureExt;
     use std::time::SystemTime;
     use uuid::Uuid;
+    use walcast_replication::Lsn;
 
     /// Three accounts × three users, one root, on a repo of each read level: the index-driven
     /// dispatch must reach exactly the subscribers `decide` picks by brute force.
@@ -355,7 +361,7 @@ mod tests {
                         change: change.clone(),
                     }],
                 });
-                hub.dispatch(tx, false);
+                hub.dispatch(tx, false, SystemTime::UNIX_EPOCH);
                 for sub in &subs {
                     let mut batch = Vec::new();
                     let _ = sub.outbox.next_batch(&mut batch).now_or_never();

@@ -1,12 +1,11 @@
-//! The resume window (PROTOCOL.md §8): recent committed transactions kept in memory so that a
-//! client rejoining with `since` gets exactly what it missed. The WAL is the durable copy: the
-//! slot's confirmed position is held back to the window's start, so after a restart PostgreSQL
-//! streams the window again and it is rebuilt.
+//! The resume window in memory (PROTOCOL.md §8): recent committed transactions, so that a client
+//! rejoining with `since` gets exactly what it missed. The durable copy is the window log
+//! ([`crate::journal`]); this is rebuilt from it at start and fed by dispatch afterwards.
 
-use crate::event::{CommittedEvents, DocumentChange};
+use crate::event::{CommittedEvents, DocumentChange, Position};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 use walcast_replication::Lsn;
 
 /// How much history to keep. Either bound at zero disables the window.
@@ -31,8 +30,14 @@ impl WindowConfig {
         max_bytes: 0,
     };
 
-    fn enabled(&self) -> bool {
+    pub fn enabled(&self) -> bool {
         !self.max_age.is_zero() && self.max_bytes > 0
+    }
+
+    /// Whether something kept since `at` is past the age bound at `now` (a clock that went
+    /// backwards keeps it).
+    pub fn too_old(&self, at: SystemTime, now: SystemTime) -> bool {
+        now.duration_since(at).unwrap_or_default() > self.max_age
     }
 }
 
@@ -40,21 +45,21 @@ impl WindowConfig {
 struct Entry {
     tx: Arc<CommittedEvents>,
     bytes: usize,
-    at: Instant,
+    at: SystemTime,
 }
 
-/// Invariant: every transaction with `end_lsn > start` that was dispatched is held, in commit
-/// order; `confirmable` is the end of the newest evicted one (what PostgreSQL may forget).
+/// Invariant: every transaction with events and `end_lsn > start` that was dispatched is held,
+/// in commit order.
 #[derive(Debug)]
 pub struct History {
     config: WindowConfig,
     entries: VecDeque<Entry>,
     bytes: usize,
     start: Lsn,
-    confirmable: Lsn,
 }
 
-fn size_of(tx: &CommittedEvents) -> usize {
+/// Approximate memory held for one transaction.
+pub fn size_of(tx: &CommittedEvents) -> usize {
     tx.events
         .iter()
         .map(|e| {
@@ -70,70 +75,66 @@ fn size_of(tx: &CommittedEvents) -> usize {
 }
 
 impl History {
-    /// `start`: where the replication stream starts; everything after it will be pushed.
+    /// `start`: everything with events committed after it will be pushed (or was recovered).
     pub fn new(config: WindowConfig, start: Lsn) -> Self {
         History {
             config,
             entries: VecDeque::new(),
             bytes: 0,
             start,
-            confirmable: start,
         }
     }
 
     /// Keeps a dispatched transaction (only if it has events: an empty one needs no replay) and
-    /// evicts past the bounds.
-    pub fn push(&mut self, tx: Arc<CommittedEvents>, now: Instant) {
-        if !self.config.enabled() {
-            self.evicted(tx.end_lsn);
-            return;
-        }
-        if tx.events.is_empty() && self.entries.is_empty() {
-            self.evicted(tx.end_lsn);
+    /// evicts past the bounds. `at`: when it was first appended to the window log.
+    pub fn push(&mut self, tx: Arc<CommittedEvents>, at: SystemTime) {
+        if !self.config.enabled() || tx.events.is_empty() {
+            if self.entries.is_empty() {
+                self.start = self.start.max(tx.end_lsn);
+            }
             return;
         }
         let bytes = size_of(&tx);
         self.bytes += bytes;
-        self.entries.push_back(Entry { tx, bytes, at: now });
-        self.expire(now);
-    }
-
-    fn evicted(&mut self, end: Lsn) {
-        self.start = self.start.max(end);
-        self.confirmable = self.confirmable.max(end);
+        self.entries.push_back(Entry { tx, bytes, at });
+        self.expire(at);
     }
 
     /// Drops what is older than the window or past its byte bound.
-    pub fn expire(&mut self, now: Instant) {
+    pub fn expire(&mut self, now: SystemTime) {
         while let Some(front) = self.entries.front() {
-            let too_old = now.duration_since(front.at) > self.config.max_age;
-            if !(too_old || self.bytes > self.config.max_bytes) {
+            if !(self.config.too_old(front.at, now) || self.bytes > self.config.max_bytes) {
                 break;
             }
             let Some(entry) = self.entries.pop_front() else {
                 break;
             };
             self.bytes -= entry.bytes;
-            self.evicted(entry.tx.end_lsn);
+            self.start = self.start.max(entry.tx.end_lsn);
         }
     }
 
-    /// What the replication slot may be confirmed up to.
-    pub fn confirmable(&self) -> Lsn {
-        self.confirmable
+    /// Held bytes (approximate) and the position of the oldest held event.
+    pub fn extent(&self) -> (usize, Option<Position>) {
+        let oldest = self
+            .entries
+            .front()
+            .map(|e| Position::new(e.tx.commit_lsn, 0));
+        (self.bytes, oldest)
     }
 
-    /// The held transactions committed after `since`, or `None` when some may be missing
-    /// (`since` is older than the window).
-    pub fn after(&self, since: Lsn) -> Option<impl Iterator<Item = &CommittedEvents>> {
-        if !self.config.enabled() || since == Lsn::ZERO || since < self.start {
+    /// The held transactions that have events after `since`, or `None` when some may be missing
+    /// (`since` is older than the window, or resume is disabled). The caller skips events at or
+    /// before `since` inside the first one.
+    pub fn after(&self, since: Position) -> Option<impl Iterator<Item = &CommittedEvents>> {
+        if !self.config.enabled() || since.commit == Lsn::ZERO || since.commit < self.start {
             return None;
         }
         Some(
             self.entries
                 .iter()
                 .map(|e| &*e.tx)
-                .filter(move |tx| tx.commit_lsn > since),
+                .filter(move |tx| tx.commit_lsn >= since.commit),
         )
     }
 }
@@ -141,45 +142,43 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::DocumentEvent;
-    use std::time::SystemTime;
 
     fn tx(commit: u64, events: usize) -> Arc<CommittedEvents> {
-        Arc::new(CommittedEvents {
-            xid: 0,
-            commit_lsn: Lsn(commit),
-            end_lsn: Lsn(commit + 8),
-            commit_time: SystemTime::UNIX_EPOCH,
-            events: (0..events)
-                .map(|i| DocumentEvent {
-                    app: "a".into(),
-                    repo: "r".into(),
-                    id: i.to_string(),
-                    change: DocumentChange::Deleted {
-                        previous: None,
-                        previous_data: None,
-                    },
-                })
-                .collect(),
-        })
+        crate::event::deletes(commit, events)
+    }
+
+    fn commits(h: &History, since: Position) -> Option<Vec<u64>> {
+        Some(h.after(since)?.map(|t| t.commit_lsn.0).collect())
     }
 
     #[test]
-    fn replays_after_since_and_refuses_older() {
-        let now = Instant::now();
+    fn replays_from_a_position_and_refuses_older() {
+        let now = SystemTime::now();
         let mut h = History::new(WindowConfig::default(), Lsn(100));
-        h.push(tx(200, 1), now);
+        h.push(tx(200, 3), now);
         h.push(tx(300, 1), now);
-        let after: Vec<u64> = h.after(Lsn(200)).unwrap().map(|t| t.commit_lsn.0).collect();
-        assert_eq!(after, vec![300]);
-        assert_eq!(h.after(Lsn(100)).unwrap().count(), 2);
-        assert!(h.after(Lsn(99)).is_none());
-        assert_eq!(h.confirmable(), Lsn(100), "held back to the window start");
+        let whole = Position::after_transaction(Lsn(200));
+        assert_eq!(
+            commits(&h, whole),
+            Some(vec![200, 300]),
+            "the caller skips inside"
+        );
+        assert_eq!(
+            commits(&h, Position::new(Lsn(200), 1)),
+            Some(vec![200, 300])
+        );
+        assert_eq!(
+            commits(&h, Position::after_transaction(Lsn(100))),
+            Some(vec![200, 300])
+        );
+        assert_eq!(commits(&h, Position::after_transaction(Lsn(99))), None);
+        assert_eq!(commits(&h, Position::after_transaction(Lsn::ZERO)), None);
+        assert_eq!(h.extent().1, Some(Position::new(Lsn(200), 0)));
     }
 
     #[test]
     fn evicts_by_age_and_bytes_and_moves_the_start() {
-        let now = Instant::now();
+        let now = SystemTime::now();
         let config = WindowConfig {
             max_age: Duration::from_secs(10),
             max_bytes: 1_000_000,
@@ -188,9 +187,11 @@ mod tests {
         h.push(tx(200, 1), now);
         h.push(tx(300, 1), now + Duration::from_secs(5));
         h.expire(now + Duration::from_secs(11));
-        assert_eq!(h.confirmable(), Lsn(208));
-        assert!(h.after(Lsn(100)).is_none());
-        assert_eq!(h.after(Lsn(208)).unwrap().count(), 1);
+        assert!(h.after(Position::new(Lsn(200), 0)).is_none());
+        assert_eq!(
+            commits(&h, Position::after_transaction(Lsn(208))),
+            Some(vec![300])
+        );
 
         let tiny = WindowConfig {
             max_age: Duration::from_secs(10),
@@ -200,17 +201,16 @@ mod tests {
         h.push(tx(200, 1), now);
         h.push(tx(300, 1), now);
         assert_eq!(
-            h.confirmable(),
-            Lsn(208),
+            h.extent().1,
+            Some(Position::new(Lsn(300), 0)),
             "the byte bound evicted the oldest"
         );
     }
 
     #[test]
-    fn disabled_window_confirms_everything_and_recovers_nothing() {
+    fn disabled_window_recovers_nothing() {
         let mut h = History::new(WindowConfig::DISABLED, Lsn(0));
-        h.push(tx(200, 3), Instant::now());
-        assert_eq!(h.confirmable(), Lsn(208));
-        assert!(h.after(Lsn(208)).is_none());
+        h.push(tx(200, 3), SystemTime::now());
+        assert!(h.after(Position::after_transaction(Lsn(208))).is_none());
     }
 }

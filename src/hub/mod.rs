@@ -19,7 +19,7 @@ pub use history::WindowConfig;
 pub use outbox::{Outbox, Push};
 pub use snapshot::{SnapshotOverrun, RECENT_TRANSACTIONS};
 
-use crate::event::CommittedEvents;
+use crate::event::{CommittedEvents, Position};
 use crate::livequery::Filter;
 use crate::permission::{AppName, Reader};
 use crate::protocol::{Channel, ChannelKind, Outgoing};
@@ -28,6 +28,7 @@ use dbindex::DbChannel;
 use history::History;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
 use walcast_replication::Lsn;
 
 pub type ConnId = u64;
@@ -63,7 +64,7 @@ pub struct Hub {
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub::new(WindowConfig::DISABLED, Lsn::ZERO)
+        Hub::new(WindowConfig::DISABLED, Lsn::ZERO, [])
     }
 }
 
@@ -107,12 +108,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// `start`: where the replication stream starts (the resume window begins there).
-    pub fn new(window: WindowConfig, start: Lsn) -> Self {
+    /// `start`: where the resume window begins; `recovered`: what the window log held at start
+    /// (oldest first, each with when it was appended).
+    pub fn new(
+        window: WindowConfig,
+        start: Lsn,
+        recovered: impl IntoIterator<Item = (Arc<CommittedEvents>, SystemTime)>,
+    ) -> Self {
+        let mut history = History::new(window, start);
+        for (tx, at) in recovered {
+            history.push(tx, at);
+        }
         Hub {
             custom: RwLock::default(),
             db: RwLock::default(),
-            history: Mutex::new(History::new(window, start)),
+            history: Mutex::new(history),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_TRANSACTIONS)),
             dispatched: tokio::sync::watch::Sender::new(Lsn::ZERO),
         }
@@ -127,7 +137,7 @@ impl Hub {
         &self,
         subscriber: &Arc<Subscriber>,
         channel: &Channel,
-        since: Option<Lsn>,
+        since: Option<Position>,
         filter: Option<Arc<Filter>>,
         reply: impl FnOnce(Joined) -> Bytes,
     ) {
@@ -150,7 +160,7 @@ impl Hub {
                         let recovered = held.is_some();
                         subscriber.outbox.push(reply(Joined::Resumed { recovered }));
                         if let Some(held) = held {
-                            dispatch::replay(subscriber, index, filter.as_deref(), held);
+                            dispatch::replay(subscriber, index, filter.as_deref(), since, held);
                         }
                     }
                 }
@@ -175,11 +185,11 @@ impl Hub {
         }
     }
 
-    /// Drops history past the window; returns what the replication slot may be confirmed to.
-    pub fn expire_history(&self, now: std::time::Instant) -> Lsn {
+    /// Drops history past the window; returns the held bytes and the oldest held position.
+    pub fn expire_history(&self, now: SystemTime) -> (usize, Option<Position>) {
         let mut history = lock(&self.history);
         history.expire(now);
-        history.confirmable()
+        history.extent()
     }
 
     /// Returns whether the connection was a member. Empty channels are dropped so that

@@ -9,7 +9,7 @@
 //! is judged by xid; every later one is live and cannot have been seen.
 
 use super::{dispatch, lock, write, Hub, Subscriber};
-use crate::event::CommittedEvents;
+use crate::event::{CommittedEvents, Position};
 use crate::livequery::{Filter, Waiting};
 use crate::protocol::{Channel, ChannelKind};
 use bytes::Bytes;
@@ -135,6 +135,7 @@ impl Hub {
             &waiting.subscriber,
             index,
             waiting.filter.as_deref(),
+            Position::after_transaction(Lsn::ZERO),
             unseen,
         );
         let position = *self.dispatched.borrow();

@@ -6,6 +6,7 @@
 //! reads the `type` string), and its arm in the session's `handle` (the compiler asks for it).
 
 use super::{Channel, ChannelError, ClientMessage};
+use crate::event::Position;
 use crate::livequery::{Filter, FilterError};
 use walcast_replication::Lsn;
 
@@ -21,12 +22,13 @@ pub enum Request {
     /// `auth`: `jwt` is the StaticBackend session token (the frame's `data`).
     Auth { jwt: String },
     /// `join`: the channel is refused only after the token is checked, so its parse error is
-    /// kept, not raised. `since` is the resume point (PROTOCOL.md §8); an unreadable one is
-    /// [`Lsn::ZERO`], which no window holds, so the client is told to reload.
+    /// kept, not raised. `since` is the resume point (PROTOCOL.md §8), an event position or a
+    /// bare LSN; an unreadable one is [`Lsn::ZERO`], which no window holds, so the client is
+    /// told to reload.
     Join {
         token: String,
         channel: Result<Channel, ChannelError>,
-        since: Option<Lsn>,
+        since: Option<Position>,
         /// [ext] `"snapshot": true`: the readable rows first, then live changes.
         snapshot: bool,
         /// [ext] A subscription filter, parsed here; its refusal is kept, like the channel's.
@@ -75,7 +77,7 @@ impl Request {
             "join" => Ok(Request::Join {
                 token,
                 channel: Channel::parse(&data),
-                since: since.map(|s| s.parse().unwrap_or(Lsn::ZERO)),
+                since: since.map(|s| s.parse().unwrap_or(Position::after_transaction(Lsn::ZERO))),
                 snapshot,
                 filter: filter.as_ref().map(Filter::parse),
             }),
@@ -147,7 +149,7 @@ mod tests {
         };
         assert_eq!(token, "t");
         assert_eq!(channel.map(|c| c.name().to_owned()), Ok("db-x".into()));
-        assert_eq!(since, Some(Lsn(0x16B3748)));
+        assert_eq!(since, Some(Position::after_transaction(Lsn(0x16B3748))));
         assert!(!snapshot);
         assert_eq!(filter, None);
         let Ok(Request::Join {
@@ -196,7 +198,11 @@ mod tests {
         };
         assert_eq!(
             since(r#"{"type":"join","data":"db-x","since":"soon"}"#),
-            Some(Lsn::ZERO)
+            Some(Position::after_transaction(Lsn::ZERO))
+        );
+        assert_eq!(
+            since(r#"{"type":"join","data":"db-x","since":"0/16B3748:7"}"#),
+            Some(Position::new(Lsn(0x16B3748), 7))
         );
         assert_eq!(since(r#"{"type":"join","data":"db-x","since":""}"#), None);
     }

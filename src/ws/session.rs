@@ -4,6 +4,7 @@
 use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
+use crate::event::Position;
 use crate::hub::{ConnId, Joined, Outbox, Subscriber};
 use crate::livequery::snapshot::SnapshotJoin;
 use crate::livequery::{Filter, FilterError, SnapshotError};
@@ -15,7 +16,6 @@ use crate::publish::Outgoing;
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
-use walcast_replication::Lsn;
 
 /// `snapshot` and `filter` on a channel that carries no documents.
 const LIVE_QUERY_CHANNELS: &str = "snapshot and filter apply to db- channels only";
@@ -262,7 +262,7 @@ impl Session {
         &mut self,
         token: &str,
         channel: Result<Channel, ChannelError>,
-        since: Option<Lsn>,
+        since: Option<Position>,
         snapshot: bool,
         filter: Option<Result<Filter, FilterError>>,
     ) {

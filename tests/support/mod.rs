@@ -248,6 +248,34 @@ impl Ws {
         }
     }
 
+    /// Next text message, or `None` when the connection ends, fails or stays silent for
+    /// [`WAIT`].
+    pub async fn try_recv(&mut self) -> Option<Value> {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .ok()??
+                .ok()?;
+            match next {
+                Message::Text(text) => return serde_json::from_str(text.as_str()).ok(),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// `join` with `since`: returns `recovered` of the `joined` reply.
+    pub async fn join_since(&mut self, channel: &str, since: &str) -> bool {
+        let msg = json!({"sid": self.sid, "type": "join", "data": channel, "token": self.token, "since": since});
+        self.send_text(msg.to_string()).await;
+        let reply = self.recv().await;
+        assert_eq!(reply["type"], "joined", "{reply}");
+        assert_eq!(reply["data"], channel);
+        reply["recovered"]
+            .as_bool()
+            .expect("recovered is a boolean")
+    }
+
     /// Sends and returns the reply.
     pub async fn request(&mut self, kind: &str, data: &str, channel: &str) -> Value {
         self.send(kind, data, channel).await;
@@ -483,4 +511,13 @@ pub async fn raw_close(stream: &mut TcpStream) -> (u16, String) {
     })
     .await
     .expect("timed out waiting for a close frame")
+}
+
+/// A port free at the time of asking (for a gateway process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

@@ -56,6 +56,21 @@
     return parseInt(m[1], 16) * 4294967296 + parseInt(m[2], 16);
   }
 
+  /**
+   * Parses an event position: "X/Y:index" (one event) or "X/Y" (after the whole transaction).
+   * Returns { lsn, index } with index Infinity for a bare LSN; null if invalid.
+   */
+  function parsePos(pos) {
+    if (typeof pos !== "string") return null;
+    var at = pos.indexOf(":");
+    var lsn = parseLsn(at < 0 ? pos : pos.slice(0, at));
+    if (lsn === null) return null;
+    if (at < 0) return { lsn: lsn, index: Infinity };
+    var idx = pos.slice(at + 1);
+    if (!/^[0-9]{1,10}$/.test(idx)) return null;
+    return { lsn: lsn, index: parseInt(idx, 10) };
+  }
+
   function isDbChannel(ch) {
     return typeof ch === "string" && ch.slice(0, 3).toLowerCase() === "db-";
   }
@@ -95,7 +110,7 @@
     this._connectTimer = null;
     this._keepaliveTimer = null;
     this._channels = new Map(); // channel -> { since, snapshot, filter, onSnapshot }
-    this._lastLsn = new Map(); // db channel -> last lsn string seen
+    this._lastLsn = new Map(); // db channel -> last position seen ("X/Y:i", or "X/Y")
     this._inflight = []; // requests sent on this socket, awaiting a reply
     this._joinWaiters = new Map(); // channel -> [{resolve, reject}] not yet sent (waiting for auth)
     this._outbox = []; // sends/echos issued before authentication
@@ -140,7 +155,7 @@
     var since = opts && opts.since ? str(opts.since) : "";
     if (since && isDbChannel(channel)) {
       var prev = this._lastLsn.get(channel);
-      if (!prev || lsnGreater(since, prev)) this._lastLsn.set(channel, since);
+      if (!prev || posGreater(since, prev)) this._lastLsn.set(channel, since);
     }
     this._channels.set(channel, {
       since: since,
@@ -206,11 +221,13 @@
 
   // ---- internals ---------------------------------------------------------------------------
 
-  function lsnGreater(a, b) {
-    var x = parseLsn(a), y = parseLsn(b);
+  /** Whether position a is after position b (an unreadable b counts as before everything). */
+  function posGreater(a, b) {
+    var x = parsePos(a), y = parsePos(b);
     if (x === null) return false;
     if (y === null) return true;
-    return x > y;
+    if (x.lsn !== y.lsn) return x.lsn > y.lsn;
+    return x.index > y.index;
   }
 
   Client.prototype._emit = function (msg) {
@@ -475,9 +492,12 @@
         if (r && r.reject) r.reject(WalcastError(str(msg.data), msg));
         break;
       default:
-        if (type && type.slice(0, 3) === "db_" && msg.lsn && isDbChannel(msg.channel)) {
+        // Resume from the exact event (its "pos"), so a transaction cut by a disconnect is
+        // completed on rejoin; a bare "lsn" (older gateways) means after its transaction.
+        var seen = msg.pos || msg.lsn;
+        if (type && type.slice(0, 3) === "db_" && seen && isDbChannel(msg.channel)) {
           var prev = this._lastLsn.get(msg.channel);
-          if (!prev || lsnGreater(msg.lsn, prev)) this._lastLsn.set(msg.channel, str(msg.lsn));
+          if (!prev || posGreater(seen, prev)) this._lastLsn.set(msg.channel, str(seen));
         }
     }
     this._emit(msg);
