@@ -1,6 +1,7 @@
 //! `walcast serve` settings: command-line flags over environment variables over an optional
 //! TOML file over defaults.
 
+use crate::cluster::ClusterSettings;
 use crate::hub::WindowConfig;
 use crate::livequery::SnapshotConfig;
 use crate::publish::IdempotencyConfig;
@@ -35,6 +36,8 @@ pub enum ConfigError {
     Listen(String),
     #[error("`tls_cert` and `tls_key` go together: set both or neither")]
     TlsPair,
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterSettingsError),
 }
 
 /// Every serve setting, as flags (with their environment variables). The same keys, in
@@ -143,6 +146,22 @@ pub struct ServeArgs {
     /// Smallest message compressed in auto mode, in bytes [default: 256]
     #[arg(long, env = "WALCAST_COMPRESSION_THRESHOLD")]
     pub compression_threshold: Option<usize>,
+    /// Cluster mode: the NATS server (JetStream enabled) the nodes share, e.g. nats://host:4222.
+    /// Without it, walcast runs as a single node and uses no NATS.
+    #[arg(long, env = "WALCAST_CLUSTER")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster [default: a random one]
+    #[arg(long, env = "WALCAST_NODE_ID")]
+    pub node_id: Option<String>,
+    /// JetStream stream of committed transactions [default: WALCAST]
+    #[arg(long, env = "WALCAST_CLUSTER_STREAM")]
+    pub cluster_stream: Option<String>,
+    /// Subject prefix of the cluster's NATS subjects [default: walcast]
+    #[arg(long, env = "WALCAST_CLUSTER_SUBJECT")]
+    pub cluster_subject: Option<String>,
+    /// Seconds the slot lease lives without renewal [default: 3]
+    #[arg(long, env = "WALCAST_CLUSTER_LEASE_SECS")]
+    pub cluster_lease_secs: Option<u64>,
 }
 
 /// Resolved settings.
@@ -165,6 +184,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
+    /// Cluster mode (NATS JetStream); `None`: a single node.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// The server publish API and custom-channel message limits.
@@ -205,7 +226,7 @@ impl ServeArgs {
             idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs,
             handshake_timeout_secs, tls_cert, tls_key, compression, compression_threshold,
             snapshot_max_rows, snapshot_timeout_secs, snapshot_pool_size, snapshot_max_in_flight,
-            snapshot_max_held_events, data_dir);
+            snapshot_max_held_events, data_dir, cluster, node_id, cluster_stream, cluster_subject, cluster_lease_secs);
         self
     }
 
@@ -222,6 +243,16 @@ impl ServeArgs {
 
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let defaults = WsConfig::default();
+        let cluster = match self.cluster {
+            None => None,
+            Some(url) => Some(ClusterSettings::new(
+                url,
+                self.node_id,
+                self.cluster_stream,
+                self.cluster_subject,
+                self.cluster_lease_secs,
+            )?),
+        };
         let listen = self.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
@@ -310,6 +341,7 @@ impl ServeArgs {
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             demo: false,
+            cluster,
         })
     }
 }

@@ -5,6 +5,7 @@
 //! stream → return.
 
 use crate::auth::Authenticator;
+use crate::cluster::{ClusterError, ClusterNode};
 use crate::config::Settings;
 use crate::db::{Database, DbError};
 use crate::http::{route, DemoApi, HttpState, PublishApi};
@@ -54,12 +55,22 @@ pub enum GatewayError {
     Journal(#[source] JournalError),
     #[error("cannot load the TLS certificate")]
     Tls(#[source] crate::tls::TlsError),
+    #[error("cannot join the cluster")]
+    Cluster(#[source] ClusterError),
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Where committed transactions come from.
+enum Mode {
+    /// This process streams the slot (and keeps the window log on disk).
+    Single(ReplicationStream, crate::pipeline::Opened),
+    /// The cluster's stream (this node streams the slot while it holds the lease).
+    Cluster(Box<ClusterNode>),
 }
 
 /// A running gateway.
@@ -111,21 +122,40 @@ impl Gateway {
         };
         let db = Arc::new(Database::new(settings.database_url.clone()));
         prepare(&db).await.map_err(GatewayError::Prepare)?;
-        let stream = start_replication(&settings).await?;
-        let opened = crate::pipeline::open(&settings, &stream).await?;
+        let status = Arc::new(Status::default());
+        let mode = match &settings.cluster {
+            None => {
+                let stream = start_replication(&settings).await?;
+                let opened = crate::pipeline::open(&settings, &stream).await?;
+                Mode::Single(stream, opened)
+            }
+            Some(cluster) => Mode::Cluster(Box::new(
+                ClusterNode::connect(&settings, cluster, &db, Arc::clone(&status))
+                    .await
+                    .map_err(GatewayError::Cluster)?,
+            )),
+        };
 
         let root = CancellationToken::new();
         let telemetry = Telemetry::new();
-        let hub = Arc::clone(&opened.hub);
-        // Transactions up to the server's WAL position at start were committed before this
-        // process ran: replayed into the resume window, delivered only to resuming members.
-        let recovery_end = stream.identity().xlogpos;
+        let hub = match &mode {
+            Mode::Single(_, opened) => Arc::clone(&opened.hub),
+            // The cluster's window is the stream: each node rebuilds its memory from it.
+            Mode::Cluster(node) => {
+                Arc::new(Hub::new(settings.resume_window, node.window_start(), []))
+            }
+        };
         let auth = Arc::new(Authenticator::new(
             settings.jwt_secret.as_bytes(),
             Arc::clone(&db),
         ));
+        // In cluster mode custom channels go through NATS to every node's hub.
+        let sink: Arc<dyn ChannelSink> = match &mode {
+            Mode::Single(..) => Arc::clone(&hub) as Arc<dyn ChannelSink>,
+            Mode::Cluster(node) => node.bridge(),
+        };
         let publisher = Arc::new(Publisher::new(
-            Arc::clone(&hub) as Arc<dyn ChannelSink>,
+            sink,
             Arc::new(MemoryIdempotency::new(settings.publish.idempotency)),
             settings.publish.max_message_bytes,
             telemetry.clone(),
@@ -145,7 +175,6 @@ impl Gateway {
             telemetry: telemetry.clone(),
             shutdown: root.child_token(),
         });
-        let status = Arc::new(Status::default());
         let sockets = TaskTracker::new();
         let sse = SseStreams::new(Arc::clone(&ws), sockets.clone());
         let publish = PublishApi {
@@ -169,19 +198,30 @@ impl Gateway {
         });
 
         let (fatal_tx, fatal) = oneshot::channel();
-        let pipeline = Pipeline::new(
-            settings.clone(),
-            &opened,
-            recovery_end,
-            telemetry.clone(),
-            status,
-        );
-        drop(opened);
-        let dispatcher = tokio::spawn(
-            pipeline
-                .run(stream, fatal_tx, root.child_token())
-                .instrument(tracing::info_span!("replication", slot = %settings.slot)),
-        );
+        let dispatcher = match mode {
+            Mode::Single(stream, opened) => {
+                // Transactions up to the server's WAL position at start were committed before
+                // this process ran: replayed into the resume window, delivered only to resuming
+                // members.
+                let recovery_end = stream.identity().xlogpos;
+                let pipeline = Pipeline::new(
+                    settings.clone(),
+                    &opened,
+                    recovery_end,
+                    telemetry.clone(),
+                    status,
+                );
+                drop(opened);
+                tokio::spawn(
+                    pipeline
+                        .run(stream, fatal_tx, root.child_token())
+                        .instrument(tracing::info_span!("replication", slot = %settings.slot)),
+                )
+            }
+            Mode::Cluster(node) => {
+                node.spawn(Arc::clone(&hub), telemetry.clone(), root.child_token())
+            }
+        };
         let accept_stop = root.child_token();
         let accept = tokio::spawn(accept_loop(listener, acceptor, state, accept_stop.clone()));
         if let Some(store) = &tls {

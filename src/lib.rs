@@ -31,6 +31,8 @@
 //! - [`auth`]: session JWT verification against the app's `sb_tokens`.
 //! - [`db`]: the gateway's ordinary PostgreSQL connection.
 //! - [`schema`]: embedded SQL (StaticBackend layout, gateway preparation, demo app).
+//! - [`cluster`]: cluster mode: slot lease, transactions through NATS JetStream, custom
+//!   channels across nodes.
 //! - [`http`]: routes: `/ws`, `/sse/*`, `/publish`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
 //! - [`journal`]: the resume window's durable log ([`journal::WindowLog`]; on one node,
 //!   checksummed segment files in the data directory).
@@ -43,6 +45,7 @@
 //! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod event;

@@ -5,6 +5,7 @@ mod support;
 mod bench;
 mod browser;
 mod cli;
+mod cluster;
 mod crash;
 mod db_events;
 mod durability;

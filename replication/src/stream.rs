@@ -162,6 +162,16 @@ impl ReplicationStream {
     }
 }
 
+/// A stream dropped without [`ReplicationStream::stop`] ends its connection at once (no final
+/// status update): what was not confirmed is streamed again to the next reader of the slot.
+impl Drop for ReplicationStream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
 async fn connect_and_start(
     pg: &tokio_postgres::Config,
     config: &ReplicationConfig,

@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use walcast_replication::Lsn;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as is between cluster nodes (`cluster::wire`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum DocumentChange {
     /// `document` is the JSON text StaticBackend sent: row `data` + `id` + `accountId`, keys sorted.
     Created { row: RowAccess, document: String },
@@ -59,7 +61,7 @@ impl DocumentChange {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DocumentEvent {
     pub app: AppName,
     pub repo: Arc<str>,

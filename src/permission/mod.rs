@@ -30,7 +30,9 @@ impl Reader {
 }
 
 /// The permission-relevant columns of one row version. `None` is a SQL NULL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct RowAccess {
     pub account_id: Option<Uuid>,
     pub owner_id: Option<Uuid>,

@@ -22,6 +22,12 @@ use std::sync::Arc;
 /// subscriber: a slow one is closed, not waited for.
 pub trait ChannelSink: Send + Sync + std::fmt::Debug {
     fn send(&self, app: &str, channel: &Channel, frame: &Bytes) -> Result<Delivery, SinkError>;
+
+    /// Whether a message can be handed over now; checked before the sender is answered `ok`,
+    /// so a transport that is down (cluster mode: NATS) answers an error instead.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +137,10 @@ impl Publisher {
         if msg.data.len() > self.max_message_bytes {
             self.telemetry.drop_reason("message_too_large", 1);
             return Err(PublishError::TooLarge);
+        }
+        // Before the key is claimed: a refused message must stay retryable with the same key.
+        if !self.sink.available() {
+            return Err(PublishError::Unavailable);
         }
         let key = msg.idempotency_key.filter(|k| !k.is_empty());
         if let Some(key) = key {

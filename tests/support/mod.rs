@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod model;
+pub mod nats;
 pub mod serve;
 pub mod sse;
 
@@ -60,28 +61,36 @@ impl TestEnv {
         Self::start_with(|_| {}).await
     }
 
-    pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> TestEnv {
+    /// A private PostgreSQL with the StaticBackend layout and no gateway in this process (the
+    /// cluster tests run gateways as child processes).
+    pub async fn database_only() -> TestEnv {
         let postgres = EmbeddedPostgres::start(EmbeddedOptions::default())
             .await
             .expect("start private PostgreSQL");
         let url = postgres.create_database().await.expect("create database");
         let db = connect(&url).await;
         walcast::schema::migrate(&db, false).await.expect("migrate");
-        let mut settings = Settings::new(url.clone(), SECRET);
-        settings.listen = "127.0.0.1:0".parse().unwrap();
-        tune(&mut settings);
-        let gateway = Gateway::start(settings.clone())
-            .await
-            .expect("gateway start");
-        let addr = gateway.local_addr();
+        let settings = Settings::new(url.clone(), SECRET);
         TestEnv {
-            gateway: Some(gateway),
-            addr,
+            gateway: None,
+            addr: settings.listen,
             url,
             db,
             settings,
             postgres,
         }
+    }
+
+    pub async fn start_with(tune: impl FnOnce(&mut Settings)) -> TestEnv {
+        let mut env = Self::database_only().await;
+        env.settings.listen = "127.0.0.1:0".parse().unwrap();
+        tune(&mut env.settings);
+        let gateway = Gateway::start(env.settings.clone())
+            .await
+            .expect("gateway start");
+        env.addr = gateway.local_addr();
+        env.gateway = Some(gateway);
+        env
     }
 
     pub async fn sql(&self, sql: &str) {

@@ -1,0 +1,474 @@
+//! Cluster mode (issue 10): three `walcast serve` processes on loopback over one private
+//! PostgreSQL and one private nats-server. Every check compares what clients received with the
+//! writer's own log: the same ids, each once, in commit order.
+
+use crate::support::nats::NatsServer;
+use crate::support::*;
+use serde_json::{json, Value};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_walcast");
+/// Short lease so that failover stays well inside the promised 5 s.
+const LEASE_SECS: &str = "2";
+const REPO: &str = "tasks";
+const CH: &str = "db-tasks";
+
+pub struct Node {
+    pub id: String,
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Node {
+    fn spawn(env: &TestEnv, nats: &NatsServer, id: &str, dir: &std::path::Path) -> Node {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log = dir.join(format!("{id}.log"));
+        let stderr = std::fs::File::create(&log).expect("node log");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(["--database-url", &env.url, "--jwt-secret", SECRET])
+            .args(["--listen", &addr.to_string()])
+            .args(["--cluster", &nats.url(), "--node-id", id])
+            .args(["--cluster-lease-secs", LEASE_SECS, "--rate-limit", "0"])
+            .env("WALCAST_LOG", "info,tokio_postgres=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn walcast serve");
+        Node {
+            id: id.to_owned(),
+            addr,
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node {} exited ({status}):\n{}", self.id, self.log());
+            }
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && http_get(self.addr, "/readyz").await.status == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} not ready:\n{}",
+                self.id,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn is_holder(&self) -> bool {
+        if tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            return false;
+        }
+        let holds = http_get(self.addr, "/metrics")
+            .await
+            .body
+            .lines()
+            .any(|l| l.trim() == "walcast_cluster_holder 1");
+        // A holder is ready only once it streams the slot.
+        holds && http_get(self.addr, "/readyz").await.status == 200
+    }
+
+    /// SIGKILL: no lease release, no final confirmation.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid; it is reaped below.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three nodes, one database, one NATS; an app with a repo, an account and its users.
+pub struct ClusterEnv {
+    pub nodes: Vec<Node>,
+    pub writer: Arc<Writer>,
+    pub user: User,
+    pub other_account: Uuid,
+    pub nats: NatsServer,
+    _dir: tempfile::TempDir,
+    _env: Arc<TestEnv>,
+}
+
+/// The writer's own log: ids of the documents it committed (account A), in commit order.
+pub struct Writer {
+    env: Arc<TestEnv>,
+    app: App,
+    account: Uuid,
+    other: Uuid,
+    pub log: Mutex<Vec<Uuid>>,
+}
+
+impl Writer {
+    /// One transaction: a row readable by the subscribers, then one they may not read.
+    pub async fn write(&self, n: u64) -> Uuid {
+        let env = &self.env;
+        let id = env
+            .insert(&self.app, REPO, Some(self.account), None, json!({"n": n}))
+            .await;
+        self.log.lock().unwrap().push(id);
+        env.insert(
+            &self.app,
+            REPO,
+            Some(self.other),
+            None,
+            json!({"hidden": n}),
+        )
+        .await;
+        id
+    }
+}
+
+impl ClusterEnv {
+    pub async fn start(nodes: usize) -> ClusterEnv {
+        let env = TestEnv::database_only().await;
+        let app = env.create_app("acme").await;
+        let account = env.create_account(&app).await;
+        let other_account = env.create_account(&app).await;
+        let user = env.create_user(&app, account, 0).await;
+        env.create_repo(&app, REPO).await;
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().expect("node dir");
+        // WALCAST_CLUSTER_TEST_LOGS=<dir> keeps the nodes' logs there after the test.
+        let logs = std::env::var_os("WALCAST_CLUSTER_TEST_LOGS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.path().to_owned());
+        let mut spawned = Vec::new();
+        for i in 1..=nodes {
+            spawned.push(Node::spawn(&env, &nats, &format!("n{i}"), &logs));
+        }
+        for node in &mut spawned {
+            node.wait_ready().await;
+        }
+        let env = Arc::new(env);
+        let cluster = ClusterEnv {
+            nodes: spawned,
+            writer: Arc::new(Writer {
+                env: Arc::clone(&env),
+                app,
+                account,
+                other: other_account,
+                log: Mutex::new(Vec::new()),
+            }),
+            user,
+            other_account,
+            nats,
+            _dir: dir,
+            _env: env,
+        };
+        // Until a holder has created the slot, PostgreSQL keeps no WAL for the cluster.
+        cluster.holder().await;
+        cluster
+    }
+
+    pub async fn subscriber(&self, node: usize) -> Ws {
+        let mut ws = Ws::connect(self.nodes[node].addr, "").await;
+        ws.auth(&self.user.jwt).await;
+        ws.join(CH).await;
+        ws
+    }
+
+    /// The node holding the slot and streaming it, once one does.
+    pub async fn holder(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                if node.is_holder().await {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no node took the slot lease");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.id, n.log()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Reads db events until the document `end`; returns every created id in arrival order.
+pub async fn collect_until(ws: &mut Ws, end: Uuid) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    loop {
+        let doc = event(&ws.recv().await, "db_created", CH);
+        let id: Uuid = doc["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+        ids.push(id);
+        if id == end {
+            return ids;
+        }
+    }
+}
+
+/// Writes steadily (one transaction per `pause`) until `stop` is set.
+fn steady_writes(
+    writer: Arc<Writer>,
+    pause: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) {
+            writer.write(n).await;
+            n += 1;
+            tokio::time::sleep(pause).await;
+        }
+        n
+    })
+}
+
+async fn join_since(ws: &mut Ws, channel: &str, since: &str) -> Value {
+    let msg =
+        json!({"sid": ws.sid, "type": "join", "data": channel, "token": ws.token, "since": since});
+    ws.send_text(msg.to_string()).await;
+    ws.recv().await
+}
+
+#[tokio::test]
+async fn every_node_delivers_every_db_event_and_chan_out_once_in_order() {
+    let cluster = ClusterEnv::start(3).await;
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        subs.push(cluster.subscriber(i).await);
+    }
+    // Custom channel members on every node; two senders on different nodes.
+    let mut members = Vec::new();
+    for i in 0..3 {
+        let mut ws = Ws::connect(cluster.nodes[i].addr, "").await;
+        ws.auth(&cluster.user.jwt).await;
+        ws.join("room").await;
+        members.push(ws);
+    }
+    let mut senders = Vec::new();
+    for i in [0, 2] {
+        let mut ws = Ws::connect(cluster.nodes[i].addr, "").await;
+        ws.auth(&cluster.user.jwt).await;
+        senders.push(ws);
+    }
+
+    for n in 0..50 {
+        cluster.writer.write(n).await;
+    }
+    let end = cluster.writer.write(999).await;
+    let expected = cluster.writer.log.lock().unwrap().clone();
+    for (i, ws) in subs.iter_mut().enumerate() {
+        let got = collect_until(ws, end).await;
+        assert_eq!(
+            got, expected,
+            "node {i}: every permitted event, once, in commit order"
+        );
+    }
+
+    for n in 0..20 {
+        for (s, sender) in senders.iter_mut().enumerate() {
+            let reply = sender.request("chan_in", &format!("{s}:{n}"), "room").await;
+            assert_eq!(reply["type"], "ok", "{reply}");
+        }
+    }
+    for (s, sender) in senders.iter_mut().enumerate() {
+        let reply = sender.request("chan_in", &format!("{s}:end"), "room").await;
+        assert_eq!(reply["type"], "ok", "{reply}");
+    }
+    for (i, member) in members.iter_mut().enumerate() {
+        let mut per_sender: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+        while per_sender
+            .iter()
+            .any(|m| m.last().is_none_or(|l| !l.ends_with(":end")))
+        {
+            let msg = member.recv().await;
+            assert_eq!(msg["type"], "chan_out", "{msg}");
+            assert_eq!(msg["channel"], "room");
+            let data = msg["data"].as_str().expect("data").to_owned();
+            let s: usize = data[..1].parse().expect("sender index");
+            per_sender[s].push(data);
+        }
+        for (s, got) in per_sender.iter().enumerate() {
+            let mut want: Vec<String> = (0..20).map(|n| format!("{s}:{n}")).collect();
+            want.push(format!("{s}:end"));
+            assert_eq!(
+                got, &want,
+                "member on node {i}, sender {s}: once each, in order"
+            );
+        }
+    }
+    // Nothing beyond: the next db event is the next one written.
+    let after = cluster.writer.write(1000).await;
+    for ws in subs.iter_mut() {
+        ws.expect_id("db_created", CH, after, "no duplicate after the end")
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn killing_the_slot_holder_loses_and_repeats_nothing() {
+    let mut cluster = ClusterEnv::start(3).await;
+    let holder = cluster.holder().await;
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+    let mut subs = Vec::new();
+    for &i in &survivors {
+        subs.push(cluster.subscriber(i).await);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = steady_writes(
+        Arc::clone(&cluster.writer),
+        Duration::from_millis(10),
+        Arc::clone(&stop),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let killed = Instant::now();
+    cluster.nodes[holder].kill9();
+    let new_holder = loop {
+        let mut found = None;
+        for &i in &survivors {
+            if cluster.nodes[i].is_holder().await {
+                found = Some(i);
+            }
+        }
+        if let Some(i) = found {
+            break i;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no takeover:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let takeover = killed.elapsed();
+    eprintln!(
+        "takeover by {} after {takeover:?}",
+        cluster.nodes[new_holder].id
+    );
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let written = writes.await.expect("writer");
+    let end = cluster.writer.write(999_999).await;
+    let expected = cluster.writer.log.lock().unwrap().clone();
+    assert!(written > 20, "the writer kept writing ({written})");
+    for (k, ws) in subs.iter_mut().enumerate() {
+        let got = collect_until(ws, end).await;
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "node {}: no gap, no duplicate",
+            survivors[k]
+        );
+        assert_eq!(got, expected, "node {}: commit order", survivors[k]);
+    }
+}
+
+#[tokio::test]
+async fn nats_restart_mid_stream_loses_nothing() {
+    let mut cluster = ClusterEnv::start(3).await;
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        subs.push(cluster.subscriber(i).await);
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = steady_writes(
+        Arc::clone(&cluster.writer),
+        Duration::from_millis(10),
+        Arc::clone(&stop),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nats.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.nats.restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    writes.await.expect("writer");
+    let end = cluster.writer.write(999_999).await;
+    let expected = cluster.writer.log.lock().unwrap().clone();
+    for (i, ws) in subs.iter_mut().enumerate() {
+        let got = collect_until(ws, end).await;
+        assert_eq!(got, expected, "node {i}: nothing lost or repeated");
+    }
+    for node in &mut cluster.nodes {
+        node.wait_ready().await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_moving_to_another_node_resumes_with_since() {
+    let cluster = ClusterEnv::start(3).await;
+    let mut first = cluster.subscriber(0).await;
+    for n in 0..5 {
+        cluster.writer.write(n).await;
+    }
+    let seen = cluster.writer.log.lock().unwrap().clone();
+    let mut since = String::new();
+    for id in &seen {
+        let msg = first.recv().await;
+        assert_eq!(event(&msg, "db_created", CH)["id"], id.to_string());
+        since = msg["lsn"].as_str().expect("lsn").to_owned();
+    }
+    drop(first);
+    for n in 5..15 {
+        cluster.writer.write(n).await;
+    }
+    let missed: Vec<Uuid> = cluster.writer.log.lock().unwrap()[seen.len()..].to_vec();
+
+    let mut moved = Ws::connect(cluster.nodes[2].addr, "").await;
+    moved.auth(&cluster.user.jwt).await;
+    let reply = join_since(&mut moved, CH, &since).await;
+    assert_eq!(reply["type"], "joined", "{reply}");
+    assert_eq!(reply["recovered"], true, "{reply}");
+    for id in &missed {
+        moved
+            .expect_id("db_created", CH, *id, "exactly what it missed")
+            .await;
+    }
+    let live = cluster.writer.write(100).await;
+    moved
+        .expect_id("db_created", CH, live, "then live, nothing repeated")
+        .await;
+    let _ = cluster.other_account;
+}
