@@ -220,6 +220,19 @@ impl ClusterEnv {
         }
     }
 
+    /// Starts node `i` again (same id, new port) after it was killed.
+    pub async fn respawn(&mut self, i: usize) {
+        let id = self.nodes[i].id.clone();
+        let dir = self.nodes[i]
+            .log
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let mut node = Node::spawn(&self._env, &self.nats, &format!("{id}r"), &dir);
+        node.wait_ready().await;
+        self.nodes[i] = node;
+    }
+
     pub fn logs(&self) -> String {
         self.nodes
             .iter()
@@ -239,6 +252,26 @@ pub async fn collect_until(ws: &mut Ws, end: Uuid) -> Vec<Uuid> {
         if id == end {
             return ids;
         }
+    }
+}
+
+/// Kills the holder and waits for another node to stream the slot; returns the new holder and
+/// the time from the kill to its first `/readyz` as holder.
+async fn kill_holder(cluster: &mut ClusterEnv, holder: usize) -> (usize, Duration) {
+    let killed = Instant::now();
+    cluster.nodes[holder].kill9();
+    loop {
+        for i in (0..cluster.nodes.len()).filter(|i| *i != holder) {
+            if cluster.nodes[i].is_holder().await {
+                return (i, killed.elapsed());
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no takeover:\n{}",
+            cluster.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -358,26 +391,7 @@ async fn killing_the_slot_holder_loses_and_repeats_nothing() {
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let killed = Instant::now();
-    cluster.nodes[holder].kill9();
-    let new_holder = loop {
-        let mut found = None;
-        for &i in &survivors {
-            if cluster.nodes[i].is_holder().await {
-                found = Some(i);
-            }
-        }
-        if let Some(i) = found {
-            break i;
-        }
-        assert!(
-            killed.elapsed() < Duration::from_secs(30),
-            "no takeover:\n{}",
-            cluster.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let takeover = killed.elapsed();
+    let (new_holder, takeover) = kill_holder(&mut cluster, holder).await;
     eprintln!(
         "takeover by {} after {takeover:?}",
         cluster.nodes[new_holder].id
@@ -471,4 +485,76 @@ async fn a_client_moving_to_another_node_resumes_with_since() {
         .expect_id("db_created", CH, live, "then live, nothing repeated")
         .await;
     let _ = cluster.other_account;
+}
+
+/// Soak: the holder kill repeated (`WALCAST_SOAK_ROUNDS`, default 20), the killed node started
+/// again each round. Outside the default run:
+/// `cargo test --test main cluster::soak -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn soak_repeated_holder_kills() {
+    let rounds: usize = std::env::var("WALCAST_SOAK_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut cluster = ClusterEnv::start(3).await;
+    let (mut written, mut delivered, mut gaps, mut duplicates) = (0usize, 0usize, 0usize, 0usize);
+    let mut takeovers = Vec::new();
+    let mut out_of_order = 0;
+    for round in 1..=rounds {
+        let holder = cluster.holder().await;
+        let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
+        let mut subs = Vec::new();
+        for &i in &survivors {
+            subs.push(cluster.subscriber(i).await);
+        }
+        let from = cluster.writer.log.lock().unwrap().len();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writes = steady_writes(
+            Arc::clone(&cluster.writer),
+            Duration::from_millis(10),
+            Arc::clone(&stop),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, takeover) = kill_holder(&mut cluster, holder).await;
+        takeovers.push(takeover);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        writes.await.expect("writer");
+        let end = cluster.writer.write(u64::MAX / 2).await;
+        let expected: Vec<Uuid> = cluster.writer.log.lock().unwrap()[from..].to_vec();
+        written += expected.len();
+        for ws in subs.iter_mut() {
+            let got = collect_until(ws, end).await;
+            delivered += got.len();
+            let unique: std::collections::HashSet<&Uuid> = got.iter().collect();
+            duplicates += got.len() - unique.len();
+            gaps += expected.iter().filter(|id| !unique.contains(id)).count();
+            if got != expected {
+                out_of_order += 1;
+            }
+        }
+        println!(
+            "round {round}: holder {} killed, takeover {takeover:?}, {} written, {} subscribers",
+            cluster.nodes[holder].id,
+            expected.len(),
+            subs.len()
+        );
+        drop(subs);
+        cluster.respawn(holder).await;
+    }
+    takeovers.sort();
+    println!(
+        "soak: {rounds} holder kills; {written} transactions written, {delivered} deliveries \
+         (2 subscribers each), {gaps} missing, {duplicates} duplicated; takeover min {:?} \
+         median {:?} max {:?}",
+        takeovers[0],
+        takeovers[takeovers.len() / 2],
+        takeovers[takeovers.len() - 1]
+    );
+    assert_eq!(
+        (gaps, duplicates, out_of_order),
+        (0, 0, 0),
+        "gaps, duplicates, subscribers with another order"
+    );
 }
