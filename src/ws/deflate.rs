@@ -206,7 +206,9 @@ pub fn inflate(compressed: &[u8], limit: usize) -> Result<Bytes, InflateError> {
     INFLATER.with(|cell| {
         let mut inflater = cell.borrow_mut();
         inflater.reset(false);
-        let mut out: Vec<u8> = Vec::with_capacity((compressed.len() * 4).clamp(64, limit + 1));
+        // Not `clamp`: with a limit under 64 its bounds would cross (and panic).
+        let first = (compressed.len() * 4).max(64).min(limit.saturating_add(1));
+        let mut out: Vec<u8> = Vec::with_capacity(first);
         loop {
             if out.len() == out.capacity() {
                 if out.len() > limit {
@@ -238,6 +240,20 @@ pub fn inflate(compressed: &[u8], limit: usize) -> Result<Bytes, InflateError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_limit_below_the_first_allocation_refuses_without_panicking() {
+        // Found by the ws_frames fuzz target: a 13-byte compressed message with a limit of 17.
+        let frame = super::compressed_text_frame(&[b'a'; 100]);
+        let compressed = &frame[2..]; // a short frame: 2 header bytes
+        for limit in [0, 1, 17, 63, 64] {
+            assert_eq!(
+                super::inflate(compressed, limit),
+                Err(super::InflateError::TooBig),
+                "limit {limit}"
+            );
+        }
+    }
+
     use super::*;
 
     const AUTO: CompressionPolicy = CompressionPolicy {
