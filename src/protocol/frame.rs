@@ -9,10 +9,17 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
+/// RSV1: set on a message compressed with permessage-deflate (RFC 7692 §6).
+const RSV1: u8 = 0x40;
+
 fn frame(opcode: u8, payload: &[u8]) -> Bytes {
+    frame_with(FIN | opcode, payload)
+}
+
+fn frame_with(first_byte: u8, payload: &[u8]) -> Bytes {
     let len = payload.len();
     let mut out = BytesMut::with_capacity(len + 10);
-    out.put_u8(FIN | opcode);
+    out.put_u8(first_byte);
     if len < 126 {
         out.put_u8(len as u8);
     } else if len <= usize::from(u16::MAX) {
@@ -28,6 +35,11 @@ fn frame(opcode: u8, payload: &[u8]) -> Bytes {
 
 pub fn text(payload: &[u8]) -> Bytes {
     frame(OP_TEXT, payload)
+}
+
+/// A text message whose payload is already permessage-deflate compressed (RSV1 set).
+pub fn compressed_text(deflated: &[u8]) -> Bytes {
+    frame_with(FIN | RSV1 | OP_TEXT, deflated)
 }
 
 pub fn ping(payload: &[u8]) -> Bytes {

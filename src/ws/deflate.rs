@@ -6,7 +6,8 @@
 //! for every recipient; the client is told `client_no_context_takeover`, so an inbound message
 //! inflates on its own, with a scratch inflater reset per message and no per-connection window.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use crate::protocol::frame;
+use bytes::Bytes;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 use std::cell::RefCell;
 
@@ -16,8 +17,6 @@ pub const EXTENSION: &str = "permessage-deflate";
 /// The trailer every sync-flushed message ends with; removed on send, restored on receive
 /// (RFC 7692 §7.2.1–7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
-
-const FIN_RSV1_TEXT: u8 = 0x80 | 0x40 | 0x1;
 
 /// When the server compresses, as configured (`--compression`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
@@ -170,20 +169,7 @@ pub fn compressed_text_frame(payload: &[u8]) -> Bytes {
         }
     });
     body.truncate(body.len() - TAIL.len());
-    let mut out = BytesMut::with_capacity(body.len() + 10);
-    out.put_u8(FIN_RSV1_TEXT);
-    let len = body.len();
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
-    out.put_slice(&body);
-    out.freeze()
+    frame::compressed_text(&body)
 }
 
 /// Why an inbound compressed message was refused.

@@ -3,18 +3,15 @@
 //! the transports against one gateway build.
 
 use super::BenchError;
-use std::io;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 #[derive(Clone, Default)]
 pub struct Transport {
@@ -61,7 +58,7 @@ impl Transport {
 
     pub async fn wrap(&self, tcp: TcpStream) -> Result<BenchStream, BenchError> {
         match &self.tls {
-            None => Ok(BenchStream::Plain(tcp)),
+            None => Ok(Either::Left(tcp)),
             Some(connector) => {
                 let name = ServerName::try_from("localhost")
                     .map_err(|_| BenchError::Protocol("server name"))?;
@@ -69,54 +66,11 @@ impl Transport {
                     .connect(name, tcp)
                     .await
                     .map_err(BenchError::Connect)?;
-                Ok(BenchStream::Tls(Box::new(tls)))
+                Ok(Either::Right(Box::new(tls)))
             }
         }
     }
 }
 
 /// A connection of the load generator, plain or TLS.
-pub enum BenchStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for BenchStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BenchStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for BenchStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            BenchStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BenchStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            BenchStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            BenchStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+pub type BenchStream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
