@@ -32,7 +32,7 @@ async fn channel_scenario_over_tls_with_compression() {
     ])
     .await;
     assert_eq!(report["transport"], "wss + permessage-deflate");
-    // TLS records and compressed frames together: fewer bytes read than the 600-byte payload.
+    // Compressed frames: fewer WebSocket bytes read per delivery than the 600-byte payload.
     let wire = report["wire_bytes_per_delivery"].as_f64().unwrap();
     assert!(wire < 600.0, "{wire}");
 }

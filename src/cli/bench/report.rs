@@ -74,8 +74,8 @@ pub struct Report {
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub deliveries_per_sec: f64,
-    /// Bytes the subscribers read from their sockets (frames, TLS records, everything after
-    /// the handshake) per delivery.
+    /// WebSocket bytes the subscribers read after the handshake (frame headers and payloads,
+    /// pings; over TLS, the decrypted stream: record overhead is not counted) per delivery.
     pub wire_bytes_per_delivery: Option<f64>,
     pub latency: Latency,
     pub missed: u64,
