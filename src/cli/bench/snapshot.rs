@@ -88,6 +88,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     figures.psql_seconds = median(&mut psql_times);
 
     let mut report = base_report(options, target);
+    report.connections_requested = 1;
     report.connections = 1;
     report.accounts = 1;
     report.snapshot = Some(figures);
