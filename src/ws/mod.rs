@@ -8,6 +8,7 @@ mod limits;
 mod session;
 mod socket;
 mod wire;
+mod writer;
 
 pub use limits::{ConnectionLimits, RateLimiter};
 pub use session::{Next, Session, Transport};
