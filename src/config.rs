@@ -7,7 +7,7 @@ use crate::livequery::SnapshotConfig;
 use crate::publish::IdempotencyConfig;
 use crate::tls::TlsFiles;
 use crate::ws::deflate::{CompressionMode, CompressionPolicy};
-use crate::ws::WsConfig;
+pub use crate::ws::WsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,7 +1,8 @@
 //! walcast: PostgreSQL logical replication → permission-filtered WebSocket events, over the
 //! StaticBackend realtime protocol.
 //!
-//! Data path (dependencies point one way, `ws → hub → permission → event → replication`):
+//! Data path (dependencies point one way, `a → b` meaning a uses b: `ws → hub → event →
+//! permission`, `event → replication`, and `ws`, `hub` → `protocol` → `permission`):
 //!
 //! ```text
 //! PostgreSQL WAL
@@ -16,8 +17,10 @@
 //! ```
 //!
 //! Modules:
-//! - [`protocol`]: client message parsing, server envelopes, WebSocket frame bytes.
-//! - [`event`]: transactions → document events (StaticBackend document JSON).
+//! - [`protocol`]: the wire vocabulary, parsed once at the edge: [`protocol::Request`],
+//!   [`protocol::Channel`], [`protocol::CloseReason`]; server envelopes; WebSocket frame bytes.
+//! - [`event`]: transactions → document events ([`event::EventKind`]); the one repo rule
+//!   ([`event::repo`]).
 //! - [`permission`]: read levels and who may read a row.
 //! - [`hub`]: channel membership, custom-channel publish, db event dispatch, outboxes, the resume
 //!   window (recent transactions replayed to `join` with `since`).
@@ -33,7 +36,7 @@
 //! - [`schema`]: embedded SQL (StaticBackend layout, gateway preparation, demo app).
 //! - [`cluster`]: cluster mode: slot lease, transactions through NATS JetStream, custom
 //!   channels across nodes.
-//! - [`http`]: routes: `/ws`, `/sse/*`, `/publish`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
+//! - `http` (private): routes: `/ws`, `/sse/*`, `/publish`, `/healthz`, `/readyz`, `/metrics`, `/client.js`, `/`, `/dashboard`, `/demo/*`.
 //! - [`journal`]: the resume window's durable log ([`journal::WindowLog`]; on one node,
 //!   checksummed segment files in the data directory).
 //! - [`pipeline`]: slot → events → hub and window log → slot confirmed once durable.
@@ -41,7 +44,6 @@
 //! - [`config`]: `serve` settings (flags over env over TOML file).
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`tls`]: rustls on the listener, certificate re-read on SIGHUP.
-//! - [`bench`]: `walcast bench`, end-to-end load generation against a gateway (or a reference server).
 //! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
 
 pub mod auth;
@@ -50,7 +52,7 @@ pub mod config;
 pub mod db;
 pub mod event;
 pub mod gateway;
-pub mod http;
+mod http;
 pub mod hub;
 pub mod journal;
 pub mod livequery;

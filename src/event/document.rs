@@ -1,3 +1,5 @@
+//! A row's `data` → the document JSON StaticBackend sent (id and accountId added, keys sorted).
+
 use serde_json::{Map, Value};
 
 #[derive(Debug, thiserror::Error)]

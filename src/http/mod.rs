@@ -8,7 +8,7 @@ mod publish;
 mod sse;
 
 pub use demo::DemoApi;
-pub use publish::{PublishApi, Refusal};
+pub use publish::PublishApi;
 
 use crate::sse::SseStreams;
 use crate::ws::{serve_socket, WsContext};

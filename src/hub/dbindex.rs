@@ -1,3 +1,6 @@
+//! The subscribers of one database channel, indexed by account and user so that finding a
+//! row's readers costs the number of readers.
+
 use super::{ConnId, Subscriber};
 use crate::event::Position;
 use crate::livequery::{Filter, FilterGroups, WaitingMembers};

@@ -1,3 +1,6 @@
+//! Database events to subscribers: the one decision rule (who gets which event kind), live
+//! dispatch of a transaction, and resume replay to one member.
+
 use super::dbindex::DbChannel;
 use super::{read, ConnId, Delivery, Hub, Subscriber};
 use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind, Position};

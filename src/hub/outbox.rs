@@ -1,3 +1,6 @@
+//! One connection's outbound queue, bounded in bytes: producers never wait; past the bound the
+//! connection closes as a slow consumer.
+
 use crate::protocol::{CloseReason, Outgoing};
 use bytes::Bytes;
 use std::collections::VecDeque;

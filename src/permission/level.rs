@@ -1,3 +1,5 @@
+//! A repo's read level from its name (`_ddd_` suffix, `pub_` prefix).
+
 /// The widest audience a repo's read permission grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReadLevel {

@@ -1,3 +1,5 @@
+//! Client frame bytes → [`ClientMessage`]: the envelope's string fields, validated once.
+
 use serde_json::{Map, Value};
 
 /// A client frame after validation: the five envelope keys as strings (missing or `null` read as

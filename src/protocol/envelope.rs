@@ -1,3 +1,5 @@
+//! Server → client envelopes and their JSON encoding.
+
 use serde::Serialize;
 
 /// A server → client message. Keys serialise in the order StaticBackend clients expect; the

@@ -1,3 +1,5 @@
+//! Connection counts (global, per app) as RAII slots, and the per-connection message rate limit.
+
 use crate::permission::AppName;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,10 +30,6 @@ impl ConnectionLimits {
             global: AtomicUsize::new(0),
             per_app: Mutex::new(HashMap::new()),
         })
-    }
-
-    pub fn current(&self) -> usize {
-        self.global.load(Ordering::Relaxed)
     }
 
     pub fn acquire_global(self: &Arc<Self>) -> Option<GlobalSlot> {

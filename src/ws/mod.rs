@@ -10,7 +10,7 @@ mod socket;
 mod wire;
 mod writer;
 
-pub use limits::{ConnectionLimits, RateLimiter};
+pub use limits::ConnectionLimits;
 pub use session::{Next, Session, Transport};
 pub use socket::serve_socket;
 

@@ -1,3 +1,5 @@
+//! Decoder tests: every message type from hand-built bytes, and malformed input refused.
+
 use super::*;
 
 /// Builds pgoutput messages byte by byte, as PostgreSQL's `logicalproto.c` writes them.
