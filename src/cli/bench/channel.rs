@@ -53,15 +53,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
         Arc::clone(&shared),
         stop_sending.clone(),
     ));
-    let window = measure(
-        options,
-        target,
-        &load,
-        &shared.delivered,
-        &stop_sending,
-        vec![sender],
-    )
-    .await;
+    let window = measure(options, target, &load, &shared, &stop_sending, vec![sender]).await;
     shared.stop.cancel();
     let totals = subscriber::collect(handles).await;
     let _ = acks.await;

@@ -109,15 +109,7 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
             }
         }));
     }
-    let window = measure(
-        options,
-        target,
-        &load,
-        &shared.delivered,
-        &stop_sending,
-        senders,
-    )
-    .await;
+    let window = measure(options, target, &load, &shared, &stop_sending, senders).await;
     shared.stop.cancel();
     let totals = subscriber::collect(handles).await;
 

@@ -270,10 +270,11 @@ async fn measure(
     options: &Options,
     target: &Target,
     load: &Load,
-    delivered: &AtomicU64,
+    shared: &subscriber::Shared,
     stop_sending: &tokio_util::sync::CancellationToken,
     senders: Vec<tokio::task::JoinHandle<()>>,
 ) -> Window {
+    let delivered = &shared.delivered;
     let before = target.server_pid.and_then(process::sample);
     let own_before = process::sample(std::process::id());
     let start = Instant::now();

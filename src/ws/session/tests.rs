@@ -183,33 +183,38 @@ fn echo_sends_back_channel_and_token() {
 fn token_is_checked_before_the_channel() {
     let ctx = context(WsConfig::default(), 10);
     let mut client = Client::connect(&ctx, 1);
-    for kind in ["join", "leave"] {
-        assert_eq!(error_text(&client.ask(kind, "sbsys", "")), "invalid token");
-    }
-    assert_eq!(error_text(&client.ask("chan_in", "x", "")), "invalid token");
-    assert_eq!(
-        error_text(&client.ask("auth", "forged", "")),
-        "invalid token"
+    let refused = |client: &mut Client, cases: &[(&str, &str, &str, &str)]| {
+        for (kind, data, channel, want) in cases {
+            let reply = client.ask(kind, data, channel);
+            assert_eq!(error_text(&reply), *want, "{kind} {data:?} {channel:?}");
+        }
+    };
+    refused(
+        &mut client,
+        &[
+            ("join", "sbsys", "", "invalid token"),
+            ("leave", "sbsys", "", "invalid token"),
+            ("chan_in", "x", "", "invalid token"),
+            ("auth", "forged", "", "invalid token"),
+        ],
     );
     client.login("jwt-alice");
-    assert_eq!(
-        error_text(&client.ask("join", "sbsys", "")),
-        "reserved channel"
-    );
-    assert_eq!(
-        error_text(&client.ask("join", "", "")),
-        "invalid channel name"
-    );
-    assert_eq!(
-        error_text(&client.ask("chan_in", "x", "")),
-        "no channel was specified"
-    );
-    assert_eq!(
-        error_text(&client.ask("chan_in", "x", "DB-tasks")),
-        "you cannot write to database channel"
+    refused(
+        &mut client,
+        &[
+            ("join", "sbsys", "", "reserved channel"),
+            ("join", "", "", "invalid channel name"),
+            ("chan_in", "x", "", "no channel was specified"),
+            (
+                "chan_in",
+                "x",
+                "DB-tasks",
+                "you cannot write to database channel",
+            ),
+        ],
     );
     client.token = "stale".into();
-    assert_eq!(error_text(&client.ask("join", "room", "")), "invalid token");
+    refused(&mut client, &[("join", "room", "", "invalid token")]);
 }
 
 #[test]
