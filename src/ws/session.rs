@@ -258,6 +258,23 @@ impl Session {
         }
     }
 
+    /// The subscriber and channel of a join or publish, or the refusal sent. The token is
+    /// checked before the channel, so an unauthenticated client learns nothing about names.
+    fn authorize(
+        &self,
+        token: &str,
+        channel: Result<Channel, ChannelError>,
+    ) -> Option<(Arc<Subscriber>, Channel)> {
+        let subscriber = self.check_token(token)?;
+        match channel {
+            Ok(channel) => Some((subscriber, channel)),
+            Err(refused) => {
+                self.error(refused.message());
+                None
+            }
+        }
+    }
+
     async fn join(
         &mut self,
         token: &str,
@@ -266,15 +283,8 @@ impl Session {
         snapshot: bool,
         filter: Option<Result<Filter, FilterError>>,
     ) {
-        let Some(subscriber) = self.check_token(token) else {
+        let Some((subscriber, channel)) = self.authorize(token, channel) else {
             return;
-        };
-        let channel = match channel {
-            Ok(channel) => channel,
-            Err(refused) => {
-                self.error(refused.message());
-                return;
-            }
         };
         if !self.joined.contains(&channel) && self.joined.len() >= self.ctx.config.max_channels {
             self.error("channel limit reached");
@@ -377,15 +387,8 @@ impl Session {
         data: &str,
         idempotency_key: Option<&str>,
     ) {
-        let Some(subscriber) = self.check_token(token) else {
+        let Some((subscriber, channel)) = self.authorize(token, channel) else {
             return;
-        };
-        let channel = match channel {
-            Ok(channel) => channel,
-            Err(refused) => {
-                self.error(refused.message());
-                return;
-            }
         };
         let outgoing = Outgoing {
             app: &subscriber.reader.app,
