@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 use uuid::Uuid;
 use walcast::event::{CommittedEvents, DocumentChange, DocumentEvent};
-use walcast::hub::{Hub, Outbox, Subscriber};
+use walcast::hub::{Actor, Hub, Outbox, Subscriber};
 use walcast::permission::{Reader, RowAccess};
 use walcast::protocol::Channel;
 use walcast::protocol::Outgoing;
@@ -44,10 +44,12 @@ fn setup(channel: &Channel) -> Setup {
                 role: 0,
             }),
             outbox: Arc::clone(&outbox),
+            guest: false,
         });
         hub.join(&subscriber, channel, None, None, |_| {
             Bytes::from_static(b"joined")
-        });
+        })
+        .expect("open channel");
         outboxes.push(outbox);
     }
     Setup {
@@ -118,13 +120,17 @@ fn db_fanout(c: &mut Criterion) {
 fn channel_fanout(c: &mut Criterion) {
     let room = Channel::parse("room").expect("valid channel name");
     let s = setup(&room);
-    let frame = walcast::protocol::frame::text(&[b'x'; 180]);
+    let app: Arc<str> = "bench".into();
+    let data = "x".repeat(120);
     let mut batch = Vec::new();
     let mut group = c.benchmark_group("fanout");
     group.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     group.bench_function("channel_10k_members", |b| {
         b.iter(|| {
-            let delivery = s.hub.publish("bench", &room, black_box(&frame));
+            let delivery = s
+                .hub
+                .publish(&app, room.name(), Actor::Server, black_box(&data))
+                .expect("open channel");
             assert_eq!(delivery.delivered, SUBSCRIBERS);
             drain(&s.outboxes, &mut batch)
         })

@@ -158,6 +158,14 @@ impl Authenticator {
             name: AppName::from(row.get::<_, String>(1).as_str()),
         }))
     }
+
+    /// The app a connection named with `sbpk` (its id), for connections that do not
+    /// authenticate (channels whose rule has `auth = false`).
+    pub async fn app(&self, app_key: &str) -> Result<AppName, AuthError> {
+        Uuid::parse_str(app_key).map_err(|_| AuthError::Invalid)?;
+        let app = self.find_app(app_key).await?.ok_or(AuthError::Invalid)?;
+        Ok(app.name)
+    }
 }
 
 /// Who a session JWT belongs to. The gateway asks PostgreSQL ([`Authenticator`]); the protocol
@@ -170,6 +178,9 @@ pub trait UserLookup: Send + Sync + std::fmt::Debug {
         jwt: &'a str,
         app_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Reader, AuthError>>;
+
+    /// The app whose id (`sbpk`) is `app_key`.
+    fn app<'a>(&'a self, app_key: &'a str) -> BoxFuture<'a, Result<AppName, AuthError>>;
 }
 
 impl UserLookup for Authenticator {
@@ -179,6 +190,10 @@ impl UserLookup for Authenticator {
         app_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Reader, AuthError>> {
         Box::pin(Authenticator::authenticate(self, jwt, app_key))
+    }
+
+    fn app<'a>(&'a self, app_key: &'a str) -> BoxFuture<'a, Result<AppName, AuthError>> {
+        Box::pin(Authenticator::app(self, app_key))
     }
 }
 

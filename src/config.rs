@@ -2,9 +2,10 @@
 //! TOML file over defaults.
 
 use crate::cluster::ClusterSettings;
-use crate::hub::WindowConfig;
+use crate::hub::{HistoryLimits, Retention, RoomConfig, WindowConfig};
 use crate::livequery::SnapshotConfig;
 use crate::publish::IdempotencyConfig;
+use crate::rules::{RuleError, RuleSpec, Rules};
 use crate::tls::TlsFiles;
 use crate::ws::deflate::{CompressionMode, CompressionPolicy};
 pub use crate::ws::WsConfig;
@@ -38,6 +39,8 @@ pub enum ConfigError {
     TlsPair,
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterSettingsError),
+    #[error("invalid channel rule")]
+    Rule(#[from] RuleError),
 }
 
 /// Every serve setting, as flags (with their environment variables). The same keys, in
@@ -162,6 +165,28 @@ pub struct ServeArgs {
     /// Seconds the slot lease lives without renewal [default: 3]
     #[arg(long, env = "WALCAST_CLUSTER_LEASE_SECS")]
     pub cluster_lease_secs: Option<u64>,
+    /// Messages of history kept per custom channel, 0 = none [default: 100]
+    #[arg(long, env = "WALCAST_HISTORY_SIZE")]
+    pub history_size: Option<usize>,
+    /// Seconds a custom channel's message stays in history, 0 = none [default: 300]
+    #[arg(long, env = "WALCAST_HISTORY_TTL_SECS")]
+    pub history_ttl_secs: Option<u64>,
+    /// Bytes of custom-channel history kept across all channels [default: 67108864]
+    #[arg(long, env = "WALCAST_HISTORY_MAX_BYTES")]
+    pub history_max_bytes: Option<usize>,
+    /// Members listed in a `presence` reply at most [default: 1000]
+    #[arg(long, env = "WALCAST_PRESENCE_MAX_MEMBERS")]
+    pub presence_max_members: Option<usize>,
+    /// Largest presence `meta` a client may give at join, in bytes of JSON [default: 1024]
+    #[arg(long, env = "WALCAST_PRESENCE_MAX_META_BYTES")]
+    pub presence_max_meta_bytes: Option<usize>,
+    /// Largest room metadata, in bytes of JSON [default: 4096]
+    #[arg(long, env = "WALCAST_ROOM_META_MAX_BYTES")]
+    pub room_meta_max_bytes: Option<usize>,
+    /// Channel access rules: `[[channel]]` tables of the config file only (see OPERATIONS.md).
+    #[arg(skip)]
+    #[serde(default, rename = "channel")]
+    pub channel_rules: Option<Vec<RuleSpec>>,
 }
 
 /// Resolved settings.
@@ -182,6 +207,8 @@ pub struct Settings {
     pub snapshot: SnapshotConfig,
     /// Where the resume window log lives (see [`ServeArgs::data_dir`]).
     pub data_dir: PathBuf,
+    /// Custom-channel rules, history and presence bounds.
+    pub rooms: RoomConfig,
     /// Serve the demo endpoints (`walcast up`).
     pub demo: bool,
     /// Cluster mode (NATS JetStream); `None`: a single node.
@@ -226,7 +253,9 @@ impl ServeArgs {
             idempotency_window_secs, idempotency_max_keys, ping_interval_secs, idle_timeout_secs,
             handshake_timeout_secs, tls_cert, tls_key, compression, compression_threshold,
             snapshot_max_rows, snapshot_timeout_secs, snapshot_pool_size, snapshot_max_in_flight,
-            snapshot_max_held_events, data_dir, cluster, node_id, cluster_stream, cluster_subject, cluster_lease_secs);
+            snapshot_max_held_events, data_dir, cluster, node_id, cluster_stream, cluster_subject, cluster_lease_secs,
+            history_size, history_ttl_secs, history_max_bytes, presence_max_members,
+            presence_max_meta_bytes, room_meta_max_bytes, channel_rules);
         self
     }
 
@@ -241,8 +270,39 @@ impl ServeArgs {
         })
     }
 
+    fn rooms(&self) -> Result<RoomConfig, ConfigError> {
+        let defaults = RoomConfig::default();
+        let history = defaults.history;
+        Ok(RoomConfig {
+            rules: match &self.channel_rules {
+                Some(specs) => Rules::from_specs(specs)?,
+                None => defaults.rules,
+            },
+            history: HistoryLimits {
+                retention: Retention {
+                    size: self.history_size.unwrap_or(history.retention.size),
+                    ttl: self
+                        .history_ttl_secs
+                        .map(Duration::from_secs)
+                        .unwrap_or(history.retention.ttl),
+                },
+                max_bytes: self.history_max_bytes.unwrap_or(history.max_bytes),
+            },
+            presence_max_members: self
+                .presence_max_members
+                .unwrap_or(defaults.presence_max_members),
+            presence_max_meta_bytes: self
+                .presence_max_meta_bytes
+                .unwrap_or(defaults.presence_max_meta_bytes),
+            room_meta_max_bytes: self
+                .room_meta_max_bytes
+                .unwrap_or(defaults.room_meta_max_bytes),
+        })
+    }
+
     pub fn resolve(self) -> Result<Settings, ConfigError> {
         let defaults = WsConfig::default();
+        let rooms = self.rooms()?;
         let cluster = match self.cluster {
             None => None,
             Some(url) => Some(ClusterSettings::new(
@@ -340,6 +400,7 @@ impl ServeArgs {
             data_dir: self
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            rooms,
             demo: false,
             cluster,
         })
@@ -421,6 +482,42 @@ mod tests {
         .unwrap();
         assert!(matches!(half.resolve(), Err(ConfigError::TlsPair)));
         assert!(toml::from_str::<ServeArgs>("compression = \"sometimes\"").is_err());
+    }
+
+    #[test]
+    fn channel_rules_and_room_limits_from_the_file() {
+        let file: ServeArgs = toml::from_str(
+            r#"
+            database_url = "postgres://x"
+            jwt_secret = "s"
+            history_size = 7
+            presence_max_meta_bytes = 10
+
+            [[channel]]
+            pattern = "ops-*"
+            publish = "root"
+            presence = true
+            "#,
+        )
+        .unwrap();
+        let settings = ServeArgs::default().or(file).resolve().unwrap();
+        assert_eq!(settings.rooms.history.retention.size, 7);
+        assert_eq!(settings.rooms.presence_max_meta_bytes, 10);
+        assert!(settings.rooms.rules.policy("ops-x").presence);
+        assert!(!settings.rooms.rules.policy("presence-x").presence);
+        assert!(
+            Settings::new("postgres://x", "s")
+                .rooms
+                .rules
+                .policy("presence-x")
+                .presence
+        );
+        assert!(toml::from_str::<ServeArgs>("[[channel]]\npattern = \"x\"\nfoo = 1\n").is_err());
+        let bad: ServeArgs = toml::from_str(
+            "database_url = \"x\"\njwt_secret = \"s\"\n[[channel]]\npattern = \"a-{who}\"\n",
+        )
+        .unwrap();
+        assert!(matches!(bad.resolve(), Err(ConfigError::Rule(_))));
     }
 
     #[test]

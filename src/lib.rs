@@ -42,6 +42,7 @@
 //! - [`pipeline`]: slot → events → hub and window log → slot confirmed once durable.
 //! - [`gateway`]: wiring and ordered shutdown.
 //! - [`config`]: `serve` settings (flags over env over TOML file).
+//! - [`rules`]: per-channel access rules (join, write, read, presence, history, room metadata).
 //! - [`telemetry`]: Prometheus metrics.
 //! - [`tls`]: rustls on the listener, certificate re-read on SIGHUP.
 //! - [`tail`]: `walcast tail`, document events as JSON lines from a temporary slot.
@@ -60,6 +61,7 @@ pub mod permission;
 pub mod pipeline;
 pub mod protocol;
 pub mod publish;
+pub mod rules;
 pub mod schema;
 pub mod sse;
 pub mod tail;

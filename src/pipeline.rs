@@ -13,7 +13,7 @@
 use crate::config::Settings;
 use crate::event::{Assembler, Position};
 use crate::gateway::{replication_config, GatewayError};
-use crate::hub::Hub;
+use crate::hub::{Hub, Rooms};
 use crate::journal::{Entry, JournalError, LogStats, SegmentLog, WindowLog};
 use crate::telemetry::{LagFigures, Telemetry};
 use std::path::PathBuf;
@@ -86,7 +86,10 @@ pub async fn open(settings: &Settings, stream: &ReplicationStream) -> Result<Ope
     let window = settings.resume_window;
     if !window.enabled() {
         return Ok(Opened {
-            hub: Arc::new(Hub::new(window, stream.start_lsn(), [])),
+            hub: Arc::new(
+                Hub::new(window, stream.start_lsn(), [])
+                    .with_rooms(Rooms::new(settings.rooms.clone())),
+            ),
             log: None,
             tail: Lsn::ZERO,
         });
@@ -103,7 +106,8 @@ pub async fn open(settings: &Settings, stream: &ReplicationStream) -> Result<Ope
         transactions = replay.transactions.len(),
         "resume window rebuilt from the window log"
     );
-    let hub = Hub::new(window, replay.start, replay.transactions);
+    let hub = Hub::new(window, replay.start, replay.transactions)
+        .with_rooms(Rooms::new(settings.rooms.clone()));
     hub.expire_history(SystemTime::now());
     Ok(Opened {
         hub: Arc::new(hub),

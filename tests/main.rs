@@ -19,6 +19,7 @@ mod protocol;
 mod publish;
 mod repo_rule;
 mod resume;
+mod rooms;
 mod sb_layout;
 mod sse;
 mod startup;

@@ -6,9 +6,10 @@
 //! Order: one sender's messages go through one bounded queue and one NATS connection, so every
 //! member receives them in the order sent.
 
-use crate::hub::{Delivery, Hub};
+use crate::hub::{Actor, Delivery, Hub};
 use crate::protocol::Channel;
 use crate::publish::{ChannelSink, SinkError};
+use crate::rules::Denied;
 use crate::telemetry::Telemetry;
 use async_nats::connection::State;
 use async_nats::Client;
@@ -18,25 +19,48 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Hands `chan_out` frames to NATS; every node's receiver delivers them (the sender's node too).
+/// Hands messages to NATS as `{"sid","data"}`; every node's receiver delivers them (the sender's
+/// node too) through its hub, which gives the offset and keeps the history there.
 impl ChannelSink for ChannelBridge {
     fn available(&self) -> bool {
         self.client.connection_state() == State::Connected && self.queue.capacity() > 0
     }
 
-    /// `Ok` with nothing delivered yet: delivery happens when NATS hands the frame back.
-    fn send(&self, app: &str, channel: &Channel, frame: &Bytes) -> Result<Delivery, SinkError> {
+    /// The rules are asked on the sender's node, which knows the sender's memberships.
+    fn admit(&self, app: &str, channel: &Channel, sender: Actor<'_>) -> Result<(), Denied> {
+        match self.hub.get() {
+            Some(hub) => hub.may_publish(app, channel.name(), sender),
+            None => Ok(()),
+        }
+    }
+
+    /// `Ok` with nothing delivered yet: delivery happens when NATS hands the message back.
+    fn send(
+        &self,
+        app: &str,
+        channel: &Channel,
+        sender: Actor<'_>,
+        data: &str,
+    ) -> Result<Delivery, SinkError> {
         if self.client.connection_state() != State::Connected {
             return Err(SinkError::Refused);
         }
         let subject = subject(&self.prefix, app, channel.name());
+        let payload = serde_json::json!({"sid": sender.sid(), "data": data}).to_string();
         self.queue
             .try_send(Outgoing {
                 subject,
-                frame: frame.clone(),
+                frame: Bytes::from(payload),
             })
             .map_err(|_| SinkError::Refused)?;
         Ok(Delivery::default())
+    }
+
+    /// Only this node's members: destroy is not yet carried across nodes.
+    fn destroy(&self, app: &str, channel: &Channel) -> Result<usize, SinkError> {
+        let hub = self.hub.get().ok_or(SinkError::Refused)?;
+        hub.destroy(app, channel.name(), Actor::Server)
+            .map_err(|_| SinkError::Refused)
     }
 }
 
@@ -53,6 +77,8 @@ pub struct ChannelBridge {
     client: Client,
     prefix: String,
     queue: mpsc::Sender<Outgoing>,
+    /// This node's hub, set when [`ChannelBridge::run`] starts.
+    hub: std::sync::OnceLock<Arc<Hub>>,
 }
 
 /// The outbound half's receiver, consumed by [`ChannelBridge::run`].
@@ -66,6 +92,7 @@ impl ChannelBridge {
                 client,
                 prefix,
                 queue,
+                hub: std::sync::OnceLock::new(),
             },
             BridgeQueue(rx),
         )
@@ -79,6 +106,7 @@ impl ChannelBridge {
         telemetry: Telemetry,
         stop: CancellationToken,
     ) {
+        let _ = self.hub.set(Arc::clone(&hub));
         let publisher = {
             let client = self.client.clone();
             let mut rx = queue.0;
@@ -118,7 +146,19 @@ impl ChannelBridge {
                 let Ok(channel) = Channel::parse_writable(&name) else {
                     continue;
                 };
-                let delivery = hub.publish(&app, &channel, &message.payload);
+                #[derive(serde::Deserialize)]
+                struct Relayed {
+                    sid: String,
+                    data: String,
+                }
+                let Ok(relayed) = serde_json::from_slice::<Relayed>(&message.payload) else {
+                    continue;
+                };
+                // Admitted on the sender's node; here it is only delivered.
+                let actor = Actor::Relayed { sid: &relayed.sid };
+                let Ok(delivery) = hub.publish(&app, channel.name(), actor, &relayed.data) else {
+                    continue;
+                };
                 telemetry.delivered(delivery.delivered);
                 telemetry.drop_reason("slow_consumer", delivery.slow_consumers);
             }

@@ -1,5 +1,5 @@
 //! HTTP on hyper 1: `/ws` upgrade, the SSE transport (`/sse/*`), the server publish API
-//! (`/publish`), health and readiness, metrics, the client library, the demo page and the
+//! (`/publish`, `/destroy`), health and readiness, metrics, the client library, the demo page and the
 //! dashboard.
 
 mod cors;
@@ -107,8 +107,11 @@ pub async fn route(
         (&Method::POST, "/sse/msg") => {
             sse::message(&state.sse, req, state.ws.config.max_frame_bytes).await
         }
-        (&Method::OPTIONS, "/sse/msg" | "/sse/connect" | "/publish") => cors::preflight(),
+        (&Method::OPTIONS, "/sse/msg" | "/sse/connect" | "/publish" | "/destroy") => {
+            cors::preflight()
+        }
         (&Method::POST, "/publish") => state.publish.handle(req).await,
+        (&Method::POST, "/destroy") => state.publish.handle_destroy(req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
             let ready = state.status.streaming() && state.db.is_reachable().await;

@@ -80,9 +80,8 @@ impl Refusal {
             | PublishError::Channel(ChannelError::Missing | ChannelError::Invalid) => {
                 StatusCode::BAD_REQUEST
             }
-            PublishError::Channel(ChannelError::NotWritable | ChannelError::Reserved) => {
-                StatusCode::FORBIDDEN
-            }
+            PublishError::Channel(ChannelError::NotWritable | ChannelError::Reserved)
+            | PublishError::Denied(_) => StatusCode::FORBIDDEN,
             PublishError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             PublishError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -106,24 +105,48 @@ impl Refusal {
 
 impl PublishApi {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let mut response = match self.publish(req).await {
-            Ok(Published::Delivered(delivery)) => respond(
-                StatusCode::OK,
-                "application/json",
-                json!({"ok": true, "delivered": delivery.delivered}).to_string(),
-            ),
-            Ok(Published::Duplicate) => respond(
-                StatusCode::OK,
-                "application/json",
-                json!({"ok": true, "duplicate": true}).to_string(),
-            ),
-            Err(refusal) => refusal.response(),
+        answer(self.publish(req).await.map(|published| match published {
+            Published::Delivered(delivery) => json!({"ok": true, "delivered": delivery.delivered}),
+            Published::Duplicate => json!({"ok": true, "duplicate": true}),
+        }))
+    }
+
+    /// `POST /destroy` [ext]: `{"app","channel"}` with the same credentials as `/publish`;
+    /// every member gets `destroyed` and is removed.
+    pub async fn handle_destroy(&self, req: Request<Incoming>) -> Response<Body> {
+        let destroyed = async {
+            let (app, body) = self.read_authorized(req).await?;
+            let channel = body.channel.unwrap_or_default();
+            self.publisher
+                .server_destroy(&app, &channel)
+                .map_err(Refusal::of)
         };
-        super::cors::allow_any_origin(&mut response);
-        response
+        answer(
+            destroyed
+                .await
+                .map(|members| json!({"ok": true, "members": members})),
+        )
     }
 
     async fn publish(&self, req: Request<Incoming>) -> Result<Published, Refusal> {
+        let (app, body) = self.read_authorized(req).await?;
+        let data = match body.data {
+            None | Some(Value::Null) => return Err(Refusal::MISSING_DATA),
+            Some(Value::String(text)) => text,
+            Some(other) => other.to_string(),
+        };
+        let channel = body.channel.unwrap_or_default();
+        self.publisher
+            .server_publish(&app, &channel, &data, body.idempotency_key.as_deref())
+            .await
+            .map_err(Refusal::of)
+    }
+
+    /// The request body and the app its credentials may act on.
+    async fn read_authorized(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(AppName, PublishBody), Refusal> {
         let bearer = req
             .headers()
             .get(AUTHORIZATION)
@@ -136,18 +159,9 @@ impl PublishApi {
         let body = read_body(req, limit).await.ok_or(Refusal::BODY_TOO_LARGE)?;
         let body: PublishBody = serde_json::from_slice(&body).map_err(|_| Refusal::INVALID_BODY)?;
         let bearer = bearer.ok_or(Refusal::MISSING_CREDENTIALS)?;
-        let app_named = body.app.filter(|a| !a.is_empty()).or(header_app);
+        let app_named = body.app.clone().filter(|a| !a.is_empty()).or(header_app);
         let app = self.authorize(&bearer, app_named.as_deref()).await?;
-        let data = match body.data {
-            None | Some(Value::Null) => return Err(Refusal::MISSING_DATA),
-            Some(Value::String(text)) => text,
-            Some(other) => other.to_string(),
-        };
-        let channel = body.channel.unwrap_or_default();
-        self.publisher
-            .server_publish(&app, &channel, &data, body.idempotency_key.as_deref())
-            .await
-            .map_err(Refusal::of)
+        Ok((app, body))
     }
 
     /// The app the caller may publish to. Credentials are checked before the app is looked
@@ -199,6 +213,16 @@ impl PublishApi {
             }
         }
     }
+}
+
+/// 200 with the JSON answer, or the refusal; CORS as for the SSE routes.
+fn answer(result: Result<Value, Refusal>) -> Response<Body> {
+    let mut response = match result {
+        Ok(body) => respond(StatusCode::OK, "application/json", body.to_string()),
+        Err(refusal) => refusal.response(),
+    };
+    super::cors::allow_any_origin(&mut response);
+    response
 }
 
 /// The credential of an `Authorization` value: after a `Bearer` scheme (any case), or the whole

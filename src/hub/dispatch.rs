@@ -341,11 +341,13 @@ mod tests {
                     conn: i as u64,
                     reader: Arc::new(reader),
                     outbox: Arc::new(Outbox::new(1 << 20)),
+                    guest: false,
                 });
                 let channel = Channel::parse(&format!("db-{repo}")).unwrap();
                 hub.join(&sub, &channel, None, None, |_| {
                     bytes::Bytes::from_static(b"j")
-                });
+                })
+                .unwrap();
                 let mut batch = Vec::new();
                 let _ = sub.outbox.next_batch(&mut batch).now_or_never();
                 subs.push(sub);

@@ -8,21 +8,29 @@
 //! per-subscriber order is commit order. A join's reply and its resume replay are pushed under
 //! the write lock, before any live event can reach the new member.
 
+mod channel_history;
 mod dbindex;
 mod dispatch;
 mod history;
 mod outbox;
+mod presence;
+mod rooms;
 mod snapshot;
 
+pub use channel_history::{
+    ChannelHistory, ChannelKey, HistoryLimits, MemoryHistory, Page, Retention, StoredMessage,
+};
 pub use dispatch::DispatchStats;
 pub use history::WindowConfig;
 pub use outbox::{Outbox, Push};
+pub use presence::{Member, MemoryPresence, PresenceStore};
+pub use rooms::{Actor, RoomConfig, RoomError, RoomJoin, Rooms};
 pub use snapshot::{SnapshotOverrun, RECENT_TRANSACTIONS};
 
 use crate::event::{CommittedEvents, Position};
 use crate::livequery::Filter;
 use crate::permission::{AppName, Reader};
-use crate::protocol::{Channel, ChannelKind, Outgoing};
+use crate::protocol::{Channel, ChannelKind};
 use bytes::Bytes;
 use dbindex::DbChannel;
 use history::History;
@@ -46,13 +54,22 @@ pub struct Subscriber {
     pub conn: ConnId,
     pub reader: Arc<Reader>,
     pub outbox: Arc<Outbox>,
+    /// A connection that named its app but did not authenticate: `reader` carries only the
+    /// app. It may only join and read custom channels whose rule has `auth = false`.
+    pub guest: bool,
 }
 
-type Members = HashMap<ConnId, Arc<Outbox>>;
+impl Subscriber {
+    /// Who the channel rules see: nobody for a guest.
+    pub fn identity(&self) -> Option<&Reader> {
+        (!self.guest).then_some(&*self.reader)
+    }
+}
 
 #[derive(Debug)]
 pub struct Hub {
-    custom: RwLock<HashMap<AppName, HashMap<Box<str>, Members>>>,
+    /// Custom channels: members, presence, history, metadata.
+    rooms: Rooms,
     /// Database channels by app and repo (what a WAL event carries).
     db: RwLock<HashMap<AppName, HashMap<Arc<str>, DbChannel>>>,
     history: Mutex<History>,
@@ -120,7 +137,7 @@ impl Hub {
             history.push(tx, at);
         }
         Hub {
-            custom: RwLock::default(),
+            rooms: Rooms::new(RoomConfig::default()),
             db: RwLock::default(),
             history: Mutex::new(history),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_TRANSACTIONS)),
@@ -128,11 +145,21 @@ impl Hub {
         }
     }
 
-    /// Idempotent: joining twice keeps one membership (a database channel's filter is
-    /// replaced). Database channels go to the permission index, custom ones to plain
-    /// membership. `reply` builds the `joined` frame, pushed before any event of the channel;
-    /// with `since` on a database channel, every held event after it that the subscriber may
-    /// read (and `filter` passes) follows the reply, then live events.
+    /// Custom-channel state: counts and bytes for metrics and tests.
+    pub fn rooms(&self) -> &Rooms {
+        &self.rooms
+    }
+
+    /// Replaces the room settings (rules, history and presence bounds); before any join.
+    pub fn with_rooms(mut self, rooms: Rooms) -> Self {
+        self.rooms = rooms;
+        self
+    }
+
+    /// Idempotent: joining twice keeps one membership. Database channels go to the
+    /// permission index, custom ones to their room (see [`Hub::join_room`]). `reply` builds the `joined` frame,
+    /// pushed before any event of the channel; with `since` on a database channel, every held
+    /// event after it that the subscriber may read follows the reply, then live events.
     pub fn join(
         &self,
         subscriber: &Arc<Subscriber>,
@@ -140,7 +167,7 @@ impl Hub {
         since: Option<Position>,
         filter: Option<Arc<Filter>>,
         reply: impl FnOnce(Joined) -> Bytes,
-    ) {
+    ) -> Result<(), RoomError> {
         let app = &subscriber.reader.app;
         match channel.kind() {
             ChannelKind::Db { repo, level } => {
@@ -167,20 +194,11 @@ impl Hub {
                 // A member that was waiting for a snapshot of this channel now joins without.
                 index.waiting.remove(subscriber.conn);
                 index.insert(Arc::clone(subscriber), since, filter);
+                Ok(())
             }
+            // Without sid, presence metadata or offset; connections use `join_room`.
             ChannelKind::Custom => {
-                let mut custom = write(&self.custom);
-                let joined = match since {
-                    None => Joined::Live,
-                    Some(_) => Joined::Resumed { recovered: false },
-                };
-                subscriber.outbox.push(reply(joined));
-                custom
-                    .entry(Arc::clone(app))
-                    .or_default()
-                    .entry(channel.name().into())
-                    .or_default()
-                    .insert(subscriber.conn, Arc::clone(&subscriber.outbox));
+                self.join_room(subscriber, "", channel.name(), RoomJoin::default(), reply)
             }
         }
     }
@@ -213,43 +231,13 @@ impl Hub {
                 }
                 was
             }
-            ChannelKind::Custom => {
-                let mut custom = write(&self.custom);
-                let Some(channels) = custom.get_mut(app) else {
-                    return false;
-                };
-                let Some(members) = channels.get_mut(channel.name()) else {
-                    return false;
-                };
-                let was = members.remove(&conn).is_some();
-                if members.is_empty() {
-                    channels.remove(channel.name());
-                    if channels.is_empty() {
-                        custom.remove(app);
-                    }
-                }
-                was
-            }
+            ChannelKind::Custom => self.leave_room(app, conn, channel.name()),
         }
-    }
-
-    /// Pushes one pre-encoded `chan_out` frame to every member of a custom channel.
-    pub fn publish(&self, app: &str, channel: &Channel, frame: &Bytes) -> Delivery {
-        let mut delivery = Delivery::default();
-        let custom = read(&self.custom);
-        if let Some(members) = custom.get(app).and_then(|c| c.get(channel.name())) {
-            let message = Outgoing::shared(frame.clone());
-            for outbox in members.values() {
-                delivery.record(outbox.push(message.clone()));
-            }
-        }
-        delivery
     }
 
     /// Number of channels with at least one member, custom and db.
     pub fn channel_count(&self) -> usize {
-        let custom: usize = read(&self.custom).values().map(HashMap::len).sum();
         let db: usize = read(&self.db).values().map(HashMap::len).sum();
-        custom + db
+        self.rooms.count() + db
     }
 }

@@ -143,6 +143,7 @@ mod tests {
                 role: 0,
             }),
             outbox: Arc::new(Outbox::new(1024)),
+            guest: false,
         });
         let members = WaitingMembers::default();
         assert!(members.is_empty());

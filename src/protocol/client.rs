@@ -3,9 +3,10 @@
 use serde_json::{Map, Value};
 
 /// A client frame after validation: the five envelope keys as strings (missing or `null` read as
-/// empty), plus the `[ext]` keys: `since` (resume), `idempotency_key` (`chan_in`; also
-/// spelled `idempotencyKey`), and the live-query keys of `join`: `snapshot` (`true` asks for
-/// one) and `filter` (kept as JSON, parsed into a request).
+/// empty), plus the `[ext]` keys: `since` (resume; a string, or a number for custom-channel
+/// offsets), `idempotency_key` (`chan_in`; also spelled `idempotencyKey`), the live-query keys
+/// of `join`: `snapshot` (`true` asks for one) and `filter` (kept as JSON, parsed into a
+/// request), and `meta` (presence metadata at `join`, kept as JSON text).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientMessage {
     pub sid: String,
@@ -17,6 +18,7 @@ pub struct ClientMessage {
     pub idempotency_key: Option<String>,
     pub snapshot: bool,
     pub filter: Option<Value>,
+    pub meta: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +51,7 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
     let token = take("token")?;
     let since = match object.remove("since") {
         Some(Value::String(s)) if !s.is_empty() => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
     let idempotency_key = ["idempotency_key", "idempotencyKey"]
@@ -66,6 +69,10 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
         }
         Some(value) => Some(value),
     };
+    let meta = match object.remove("meta") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(value.to_string()),
+    };
     Ok(ClientMessage {
         sid,
         kind,
@@ -76,6 +83,7 @@ pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
         idempotency_key,
         snapshot,
         filter,
+        meta,
     })
 }
 
@@ -150,6 +158,10 @@ mod tests {
     fn since_extension() {
         let m = parse_client(br#"{"type":"join","data":"db-x","since":"0/16B3748"}"#).unwrap();
         assert_eq!(m.since.as_deref(), Some("0/16B3748"));
+        let m =
+            parse_client(br#"{"type":"join","data":"room","since":42,"meta":{"a":[1]}}"#).unwrap();
+        assert_eq!(m.since.as_deref(), Some("42"));
+        assert_eq!(m.meta.as_deref(), Some(r#"{"a":[1]}"#));
     }
 
     /// Client frames come from anyone: random bytes, every truncation and byte flips of valid

@@ -19,6 +19,9 @@ pub struct Envelope<'a> {
     pub pos: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+    /// A custom-channel message's offset in its channel's history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl<'a> Envelope<'a> {

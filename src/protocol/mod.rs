@@ -8,10 +8,12 @@ mod envelope;
 pub mod frame;
 mod outgoing;
 mod request;
+mod room;
 
 pub use channel::{Channel, ChannelError, ChannelKind, MAX_CHANNEL_LEN, RESERVED_CHANNEL};
 pub use client::{parse_client, ClientMessage, ParseError};
 pub use close::CloseReason;
 pub use envelope::{encode, Envelope};
 pub use outgoing::{Outgoing, SharedText};
-pub use request::{Request, RequestError};
+pub use request::{Request, RequestError, Since};
+pub use room::{HistoryQuery, InvalidHistoryQuery};

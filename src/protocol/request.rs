@@ -5,10 +5,19 @@
 //! Adding a request: a variant here, its arm in [`Request::from_message`] (the only place that
 //! reads the `type` string), and its arm in the session's `handle` (the compiler asks for it).
 
-use super::{Channel, ChannelError, ClientMessage};
+use super::{Channel, ChannelError, ChannelKind, ClientMessage, HistoryQuery, InvalidHistoryQuery};
 use crate::event::Position;
 use crate::livequery::{Filter, FilterError};
 use walcast_replication::Lsn;
+
+/// Where a `join` resumes: an event position (or bare LSN) on a database channel, a history
+/// offset on a custom one ([ext]). An unreadable one is [`Lsn::ZERO`] / offset 0, which nothing
+/// holds, so the client is told to reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    Position(Position),
+    Offset(u64),
+}
 
 /// One client request, its fields already typed. Fields a request does not use are dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,17 +31,18 @@ pub enum Request {
     /// `auth`: `jwt` is the StaticBackend session token (the frame's `data`).
     Auth { jwt: String },
     /// `join`: the channel is refused only after the token is checked, so its parse error is
-    /// kept, not raised. `since` is the resume point (PROTOCOL.md §8), an event position or a
-    /// bare LSN; an unreadable one is [`Lsn::ZERO`], which no window holds, so the client is
-    /// told to reload.
+    /// kept, not raised. `since` is the resume point (PROTOCOL.md §8): an event position or a
+    /// bare LSN on a database channel, an offset on a custom one. `meta` [ext] is the JSON text
+    /// of the member's presence metadata.
     Join {
         token: String,
         channel: Result<Channel, ChannelError>,
-        since: Option<Position>,
+        since: Option<Since>,
         /// [ext] `"snapshot": true`: the readable rows first, then live changes.
         snapshot: bool,
         /// [ext] A subscription filter, parsed here; its refusal is kept, like the channel's.
         filter: Option<Result<Filter, FilterError>>,
+        meta: Option<String>,
     },
     /// `leave`: any name; leaving a channel one is not in is answered like any other leave.
     Leave { token: String, channel: String },
@@ -44,6 +54,37 @@ pub enum Request {
         data: String,
         idempotency_key: Option<String>,
     },
+    /// `presence` [ext]: the members of the custom channel named in `channel`.
+    Presence {
+        token: String,
+        channel: Result<Channel, ChannelError>,
+    },
+    /// `history` [ext]: a page of the custom channel's history; `data` is the query.
+    History {
+        token: String,
+        channel: Result<Channel, ChannelError>,
+        query: Result<HistoryQuery, InvalidHistoryQuery>,
+    },
+    /// `room_meta` [ext]: empty `data` reads the room's metadata, else sets it to `data` (JSON).
+    RoomMeta {
+        token: String,
+        channel: Result<Channel, ChannelError>,
+        data: String,
+    },
+    /// `destroy` [ext]: ends the custom channel; its members get `destroyed`.
+    Destroy {
+        token: String,
+        channel: Result<Channel, ChannelError>,
+    },
+}
+
+/// A room request's channel, named in `channel`: missing, else any valid name (a database
+/// channel is refused later, by the request).
+fn room_channel(name: &str) -> Result<Channel, ChannelError> {
+    if name.is_empty() {
+        return Err(ChannelError::Missing);
+    }
+    Channel::parse(name)
 }
 
 /// A message whose `type` names no request.
@@ -66,6 +107,7 @@ impl Request {
             idempotency_key,
             snapshot,
             filter,
+            meta,
         } = message;
         match kind.as_str() {
             "echo" => Ok(Request::Echo {
@@ -74,13 +116,23 @@ impl Request {
                 token,
             }),
             "auth" => Ok(Request::Auth { jwt: data }),
-            "join" => Ok(Request::Join {
-                token,
-                channel: Channel::parse(&data),
-                since: since.map(|s| s.parse().unwrap_or(Position::after_transaction(Lsn::ZERO))),
-                snapshot,
-                filter: filter.as_ref().map(Filter::parse),
-            }),
+            "join" => {
+                let channel = Channel::parse(&data);
+                let since = since.map(|s| match channel.as_ref().map(Channel::kind) {
+                    Ok(ChannelKind::Db { .. }) => {
+                        Since::Position(s.parse().unwrap_or(Position::after_transaction(Lsn::ZERO)))
+                    }
+                    _ => Since::Offset(s.parse().unwrap_or(0)),
+                });
+                Ok(Request::Join {
+                    token,
+                    channel,
+                    since,
+                    snapshot,
+                    filter: filter.as_ref().map(Filter::parse),
+                    meta,
+                })
+            }
             "leave" => Ok(Request::Leave {
                 token,
                 channel: data,
@@ -90,6 +142,24 @@ impl Request {
                 channel: Channel::parse_writable(&channel),
                 data,
                 idempotency_key,
+            }),
+            "presence" => Ok(Request::Presence {
+                token,
+                channel: room_channel(&channel),
+            }),
+            "history" => Ok(Request::History {
+                token,
+                channel: room_channel(&channel),
+                query: HistoryQuery::parse(&data),
+            }),
+            "room_meta" => Ok(Request::RoomMeta {
+                token,
+                channel: room_channel(&channel),
+                data,
+            }),
+            "destroy" => Ok(Request::Destroy {
+                token,
+                channel: room_channel(&channel),
             }),
             _ => Err(RequestError::UnknownType(kind)),
         }
@@ -103,6 +173,10 @@ impl Request {
             Request::Join { .. } => "join",
             Request::Leave { .. } => "leave",
             Request::ChanIn { .. } => "chan_in",
+            Request::Presence { .. } => "presence",
+            Request::History { .. } => "history",
+            Request::RoomMeta { .. } => "room_meta",
+            Request::Destroy { .. } => "destroy",
         }
     }
 }
@@ -143,13 +217,17 @@ mod tests {
             since,
             snapshot,
             filter,
+            meta,
         }) = request(r#"{"type":"join","data":"db-x","token":"t","since":"0/16B3748"}"#)
         else {
             panic!("not a join");
         };
         assert_eq!(token, "t");
         assert_eq!(channel.map(|c| c.name().to_owned()), Ok("db-x".into()));
-        assert_eq!(since, Some(Position::after_transaction(Lsn(0x16B3748))));
+        assert_eq!(
+            since,
+            Some(Since::Position(Position::after_transaction(Lsn(0x16B3748))))
+        );
         assert!(!snapshot);
         assert_eq!(filter, None);
         let Ok(Request::Join {
@@ -160,6 +238,36 @@ mod tests {
         };
         assert!(snapshot);
         assert!(filter.is_some_and(|f| f.is_ok_and(|f| f.predicates().len() == 1)));
+        assert_eq!(meta, None);
+        let Ok(Request::Join { since, meta, .. }) =
+            request(r#"{"type":"join","data":"presence-x","since":17,"meta":{"status":"online"}}"#)
+        else {
+            panic!("not a join");
+        };
+        assert_eq!(since, Some(Since::Offset(17)));
+        assert_eq!(meta.as_deref(), Some(r#"{"status":"online"}"#));
+        let Ok(Request::History { channel, query, .. }) = request(
+            r#"{"type":"history","channel":"room","data":"{\"cursor\":\"9\",\"limit\":2}"}"#,
+        ) else {
+            panic!("not a history");
+        };
+        assert_eq!(channel.map(|c| c.name().to_owned()), Ok("room".into()));
+        assert_eq!(
+            query,
+            Ok(HistoryQuery::Before {
+                cursor: Some(9),
+                limit: 2
+            })
+        );
+        let Ok(Request::Presence { channel, .. }) = request(r#"{"type":"presence","data":"room"}"#)
+        else {
+            panic!("not a presence");
+        };
+        assert_eq!(
+            channel.err(),
+            Some(ChannelError::Missing),
+            "the name is in `channel`"
+        );
         let Ok(Request::ChanIn { channel, data, .. }) =
             request(r#"{"type":"chan_in","channel":"room","data":"hi"}"#)
         else {
@@ -171,7 +279,17 @@ mod tests {
 
     #[test]
     fn kind_names_the_parsed_type() {
-        for kind in ["echo", "auth", "join", "leave", "chan_in"] {
+        for kind in [
+            "echo",
+            "auth",
+            "join",
+            "leave",
+            "chan_in",
+            "presence",
+            "history",
+            "room_meta",
+            "destroy",
+        ] {
             let frame = format!(r#"{{"type":"{kind}","data":"x","channel":"y"}}"#);
             assert_eq!(request(&frame).map(|r| r.kind()), Ok(kind));
         }
@@ -198,11 +316,15 @@ mod tests {
         };
         assert_eq!(
             since(r#"{"type":"join","data":"db-x","since":"soon"}"#),
-            Some(Position::after_transaction(Lsn::ZERO))
+            Some(Since::Position(Position::after_transaction(Lsn::ZERO)))
         );
         assert_eq!(
             since(r#"{"type":"join","data":"db-x","since":"0/16B3748:7"}"#),
-            Some(Position::new(Lsn(0x16B3748), 7))
+            Some(Since::Position(Position::new(Lsn(0x16B3748), 7)))
+        );
+        assert_eq!(
+            since(r#"{"type":"join","data":"room","since":"soon"}"#),
+            Some(Since::Offset(0))
         );
         assert_eq!(since(r#"{"type":"join","data":"db-x","since":""}"#), None);
     }

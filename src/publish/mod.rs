@@ -12,16 +12,29 @@ pub use idempotency::{
     Claim, IdempotencyConfig, IdempotencyStore, MemoryIdempotency, Scope, StoreError, MAX_KEY_BYTES,
 };
 
-use crate::hub::{Delivery, Hub};
-use crate::protocol::{encode, frame, Channel, ChannelError, Envelope};
+use crate::hub::{Actor, Delivery, Hub, RoomError};
+use crate::protocol::{Channel, ChannelError};
+use crate::rules::Denied;
 use crate::telemetry::Telemetry;
-use bytes::Bytes;
 use std::sync::Arc;
 
-/// Delivers an encoded `chan_out` frame to the members of a custom channel. Never waits on a
+/// The custom channels' transport: applies the channel rules, gives each message its offset in
+/// the channel's history and delivers its `chan_out` to the members. Never waits on a
 /// subscriber: a slow one is closed, not waited for.
 pub trait ChannelSink: Send + Sync + std::fmt::Debug {
-    fn send(&self, app: &str, channel: &Channel, frame: &Bytes) -> Result<Delivery, SinkError>;
+    /// Whether the channel rules let `sender` publish here; asked before the idempotency key is
+    /// claimed, so a refused message does not use up its key.
+    fn admit(&self, app: &str, channel: &Channel, sender: Actor<'_>) -> Result<(), Denied>;
+    fn send(
+        &self,
+        app: &str,
+        channel: &Channel,
+        sender: Actor<'_>,
+        data: &str,
+    ) -> Result<Delivery, SinkError>;
+    /// Ends a custom channel: members get `destroyed` and are removed; presence, metadata and
+    /// history are dropped. Returns how many members it had.
+    fn destroy(&self, app: &str, channel: &Channel) -> Result<usize, SinkError>;
 
     /// Whether a message can be handed over now; checked before the sender is answered `ok`,
     /// so a transport that is down (cluster mode: NATS) answers an error instead.
@@ -35,11 +48,32 @@ pub enum SinkError {
     /// The channel transport refused the message (retryable).
     #[error("channel transport refused the message")]
     Refused,
+    /// The channel rules refused it (membership changed since it was admitted).
+    #[error("channel rules refused the message")]
+    Denied(Denied),
 }
 
 impl ChannelSink for Hub {
-    fn send(&self, app: &str, channel: &Channel, frame: &Bytes) -> Result<Delivery, SinkError> {
-        Ok(self.publish(app, channel, frame))
+    fn admit(&self, app: &str, channel: &Channel, sender: Actor<'_>) -> Result<(), Denied> {
+        self.may_publish(app, channel.name(), sender)
+    }
+
+    fn send(
+        &self,
+        app: &str,
+        channel: &Channel,
+        sender: Actor<'_>,
+        data: &str,
+    ) -> Result<Delivery, SinkError> {
+        self.publish(app, channel.name(), sender, data)
+            .map_err(|refused| match refused {
+                RoomError::Denied(denied) => SinkError::Denied(denied),
+                _ => SinkError::Refused,
+            })
+    }
+
+    fn destroy(&self, app: &str, channel: &Channel) -> Result<usize, SinkError> {
+        Hub::destroy(self, app, channel.name(), Actor::Server).map_err(|_| SinkError::Refused)
     }
 }
 
@@ -51,6 +85,8 @@ pub enum PublishError {
     /// `data` is over `--max-message-bytes`.
     TooLarge,
     InvalidKey,
+    /// The channel's rule refused the sender.
+    Denied(Denied),
     /// The channel transport or the idempotency store failed (retryable).
     Unavailable,
 }
@@ -69,6 +105,7 @@ impl PublishError {
             PublishError::Channel(refused) => refused.message(),
             PublishError::TooLarge => "message too large",
             PublishError::InvalidKey => "invalid idempotency key",
+            PublishError::Denied(denied) => denied.message(),
             PublishError::Unavailable => "unable to send your message",
         }
     }
@@ -86,8 +123,8 @@ pub struct Outgoing<'a> {
     /// Already checked writable ([`Channel::parse_writable`]).
     pub channel: &'a Channel,
     pub data: &'a str,
-    /// The sending connection's sid; empty for the server.
-    pub sender_sid: &'a str,
+    /// The sending connection, or the server (sid `""`).
+    pub sender: Actor<'a>,
     /// Empty or absent: no idempotency.
     pub idempotency_key: Option<&'a str>,
 }
@@ -142,6 +179,9 @@ impl Publisher {
         if !self.sink.available() {
             return Err(PublishError::Unavailable);
         }
+        self.sink
+            .admit(msg.app, msg.channel, msg.sender)
+            .map_err(PublishError::Denied)?;
         let key = msg.idempotency_key.filter(|k| !k.is_empty());
         if let Some(key) = key {
             if key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
@@ -168,22 +208,18 @@ impl Publisher {
             }
         }
         accepted();
-        let out = frame::text(&encode(&Envelope {
-            sid: msg.sender_sid,
-            kind: "chan_out",
-            data: msg.data,
-            channel: msg.channel.name(),
-            ..Envelope::default()
-        }));
         let delivery = self
             .sink
-            .send(msg.app, msg.channel, &out)
-            .map_err(|error| {
-                tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "channel publish failed"
-                );
-                PublishError::Unavailable
+            .send(msg.app, msg.channel, msg.sender, msg.data)
+            .map_err(|error| match error {
+                SinkError::Denied(denied) => PublishError::Denied(denied),
+                SinkError::Refused => {
+                    tracing::warn!(
+                        error = &error as &dyn std::error::Error,
+                        "channel publish failed"
+                    );
+                    PublishError::Unavailable
+                }
             })?;
         self.telemetry.delivered(delivery.delivered);
         self.telemetry
@@ -192,9 +228,10 @@ impl Publisher {
     }
 
     /// The server's own publish (no sender connection, sid `""`): `POST /publish`, and server
-    /// features that write to channels clients may not write to. Client-only rules (who may
-    /// send on a channel) are the caller's; the channel rules of `chan_in` (no channel, `db-`
-    /// in any case, malformed, reserved), the size and the key rules apply.
+    /// features that write to channels clients may not write to (`readonly-*`: the channel
+    /// rules never refuse the server). The name checks of `chan_in` (no channel, `db-` in any
+    /// case, malformed, reserved), the size and the key rules apply; the message is kept in the
+    /// channel's history like any other.
     pub async fn server_publish(
         &self,
         app: &str,
@@ -208,12 +245,24 @@ impl Publisher {
                 app,
                 channel: &channel,
                 data,
-                sender_sid: "",
+                sender: Actor::Server,
                 idempotency_key,
             },
             || {},
         )
         .await
+    }
+
+    /// `POST /destroy`: the server ends a custom channel (the name checks of `chan_in` apply).
+    pub fn server_destroy(&self, app: &str, channel: &str) -> Result<usize, PublishError> {
+        let channel = Channel::parse_writable(channel).map_err(PublishError::Channel)?;
+        self.sink.destroy(app, &channel).map_err(|error| {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "channel destroy failed"
+            );
+            PublishError::Unavailable
+        })
     }
 }
 
@@ -222,6 +271,8 @@ mod tests {
     use super::*;
     use crate::hub::{Outbox, Subscriber};
     use crate::permission::Reader;
+    use crate::protocol::frame;
+    use bytes::Bytes;
 
     fn publisher(hub: &Arc<Hub>) -> Publisher {
         Publisher::new(
@@ -243,11 +294,13 @@ mod tests {
                 role: 0,
             }),
             outbox: Arc::clone(&outbox),
+            guest: false,
         });
         let channel = Channel::parse(channel).unwrap();
         hub.join(&subscriber, &channel, None, None, |_| {
             Bytes::from_static(b"j")
-        });
+        })
+        .unwrap();
         outbox
     }
 
@@ -299,9 +352,12 @@ mod tests {
         let frames = drain(&outbox).await;
         assert_eq!(frames.len(), 2, "one copy per key, one unkeyed");
         let text = frame::text_payload(&frames[0]).unwrap();
-        assert_eq!(
-            &text[..],
-            br#"{"sid":"","type":"chan_out","data":"hi","channel":"room","token":""}"#
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"sid":"","type":"chan_out","data":"hi","channel":"room","token":"","offset":"#
+            ),
+            "{text}"
         );
     }
 
@@ -316,7 +372,7 @@ mod tests {
             app: "app",
             channel: &room,
             data: "d",
-            sender_sid: "s",
+            sender: Actor::Server,
             idempotency_key: Some("k"),
         };
         let ok = || {

@@ -1,21 +1,25 @@
 //! One connection's protocol state machine: typed requests in, replies and hub calls out
 //! (PROTOCOL.md §3).
 
+mod rooms;
+
 use super::limits::{AppSlot, RateLimiter};
 use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
 use crate::event::Position;
-use crate::hub::{ConnId, Joined, Outbox, Subscriber};
+use crate::hub::{Actor, ConnId, Delivery, Joined, Outbox, RoomError, RoomJoin, Subscriber};
 use crate::livequery::snapshot::SnapshotJoin;
 use crate::livequery::{Filter, FilterError, SnapshotError};
+use crate::permission::Reader;
 use crate::protocol::{
     self, encode, frame, Channel, ChannelError, ChannelKind, ClientMessage, CloseReason, Envelope,
-    ParseError, Request,
+    ParseError, Request, Since,
 };
 use crate::publish::Outgoing;
 use rand::Rng;
 use std::collections::HashSet;
 use std::sync::Arc;
+use walcast_replication::Lsn;
 
 /// `snapshot` and `filter` on a channel that carries no documents.
 const LIVE_QUERY_CHANNELS: &str = "snapshot and filter apply to db- channels only";
@@ -45,6 +49,13 @@ struct Authed {
     _app_slot: AppSlot,
 }
 
+/// A connection that named its app (`sbpk`) and acts without `auth`: only on custom channels
+/// whose rule has `auth = false` (the hub's rules decide).
+struct Guest {
+    subscriber: Arc<Subscriber>,
+    _app_slot: AppSlot,
+}
+
 /// One connection's protocol state. Lives in the connection's reader task; messages are handled
 /// one at a time, in order, which is what keeps a sender's messages ordered for every member.
 pub struct Session {
@@ -54,6 +65,7 @@ pub struct Session {
     outbox: Arc<Outbox>,
     app_key: Option<String>,
     authed: Option<Authed>,
+    guest: Option<Guest>,
     joined: HashSet<Channel>,
     rate: RateLimiter,
     transport: Transport,
@@ -75,6 +87,7 @@ impl Session {
             outbox,
             app_key,
             authed: None,
+            guest: None,
             joined: HashSet::new(),
             rate,
             transport,
@@ -179,7 +192,11 @@ impl Session {
                 since,
                 snapshot,
                 filter,
-            } => self.join(&token, channel, since, snapshot, filter).await,
+                meta,
+            } => {
+                self.join(&token, channel, since, snapshot, filter, meta.as_deref())
+                    .await
+            }
             Request::Leave { token, channel } => self.leave(&token, &channel),
             Request::ChanIn {
                 token,
@@ -190,6 +207,18 @@ impl Session {
                 self.chan_in(&token, channel, &data, idempotency_key.as_deref())
                     .await
             }
+            Request::Presence { token, channel } => self.presence(&token, channel).await,
+            Request::History {
+                token,
+                channel,
+                query,
+            } => self.history(&token, channel, query).await,
+            Request::RoomMeta {
+                token,
+                channel,
+                data,
+            } => self.room_meta(&token, channel, &data).await,
+            Request::Destroy { token, channel } => self.destroy(&token, channel),
         }
         Next::Continue
     }
@@ -219,6 +248,7 @@ impl Session {
         // A connection authenticates as one user at a time: a new identity starts clean.
         self.leave_all();
         self.authed = None;
+        self.guest = None;
         let reader = Arc::new(reader);
         let Some(app_slot) = self.ctx.limits.acquire_app(&reader.app) else {
             self.ctx.telemetry.drop_reason("connection_limit", 1);
@@ -234,6 +264,7 @@ impl Session {
                 conn: self.conn,
                 reader,
                 outbox: Arc::clone(&self.outbox),
+                guest: false,
             }),
             token: token.clone(),
             _app_slot: app_slot,
@@ -275,20 +306,100 @@ impl Session {
         }
     }
 
+    /// Like [`Session::check_token`], but a connection that has not authenticated, sends no
+    /// token and named its app acts as that app's guest (rules decide what a guest may do).
+    ///
+    /// `channel` is the channel asked for: only one whose rule has `auth = false` takes guests;
+    /// for any other, a missing token is `invalid token`, as without rules.
+    async fn caller(
+        &mut self,
+        token: &str,
+        channel: &Result<Channel, ChannelError>,
+    ) -> Option<Arc<Subscriber>> {
+        let open = channel
+            .as_ref()
+            .is_ok_and(|c| self.ctx.hub.admits_guests(c.name()));
+        if self.authed.is_some() || !token.is_empty() || !open {
+            return self.check_token(token);
+        }
+        if let Some(guest) = &self.guest {
+            return Some(Arc::clone(&guest.subscriber));
+        }
+        let Some(app_key) = self.app_key.as_deref() else {
+            self.error("invalid token");
+            return None;
+        };
+        let app = match self.ctx.auth.app(app_key).await {
+            Ok(app) => app,
+            Err(error) => {
+                if !matches!(error, AuthError::Invalid) {
+                    tracing::warn!(
+                        conn = self.conn,
+                        error = &error as &dyn std::error::Error,
+                        "app lookup failed"
+                    );
+                }
+                self.error("invalid token");
+                return None;
+            }
+        };
+        let Some(app_slot) = self.ctx.limits.acquire_app(&app) else {
+            self.ctx.telemetry.drop_reason("connection_limit", 1);
+            self.error(CloseReason::ConnectionLimit.text());
+            return None;
+        };
+        let subscriber = Arc::new(Subscriber {
+            conn: self.conn,
+            reader: Arc::new(Reader {
+                app,
+                user_id: uuid::Uuid::nil(),
+                account_id: None,
+                role: 0,
+            }),
+            outbox: Arc::clone(&self.outbox),
+            guest: true,
+        });
+        self.guest = Some(Guest {
+            subscriber: Arc::clone(&subscriber),
+            _app_slot: app_slot,
+        });
+        Some(subscriber)
+    }
+
     async fn join(
         &mut self,
         token: &str,
         channel: Result<Channel, ChannelError>,
-        since: Option<Position>,
+        since: Option<Since>,
         snapshot: bool,
         filter: Option<Result<Filter, FilterError>>,
+        meta: Option<&str>,
     ) {
-        let Some((subscriber, channel)) = self.authorize(token, channel) else {
+        let Some(subscriber) = self.caller(token, &channel).await else {
             return;
         };
-        if !self.joined.contains(&channel) && self.joined.len() >= self.ctx.config.max_channels {
-            self.error("channel limit reached");
+        let channel = match channel {
+            Ok(channel) => channel,
+            Err(refused) => {
+                self.error(refused.message());
+                return;
+            }
+        };
+        if subscriber.guest && matches!(channel.kind(), ChannelKind::Db { .. }) {
+            self.error("invalid token");
             return;
+        }
+        if !self.joined.contains(&channel) && self.joined.len() >= self.ctx.config.max_channels {
+            // Rooms destroyed since they were joined no longer count.
+            let (hub, app, conn) = (&self.ctx.hub, &subscriber.reader.app, self.conn);
+            self.joined.retain(|c| match c.kind() {
+                ChannelKind::Db { .. } => true,
+                ChannelKind::Custom => hub.is_room_member(app, c.name(), conn),
+            });
+            if self.joined.len() >= self.ctx.config.max_channels {
+                self.error("channel limit reached");
+                return;
+            }
         }
         // Every live-query refusal comes before anything changes.
         let filter = match filter {
@@ -320,8 +431,8 @@ impl Session {
                 ..Envelope::default()
             }))
         };
-        match is_db {
-            true if snapshot => {
+        match (channel.kind(), since) {
+            (ChannelKind::Db { .. }, since) if snapshot => {
                 if since.is_some() {
                     self.error(&SnapshotError::WithSince.to_string());
                     return;
@@ -359,17 +470,52 @@ impl Session {
                     self.error(&error.to_string());
                 }
             }
-            _ => {
-                self.ctx
+            (ChannelKind::Db { .. }, since) => {
+                // An offset is no commit position: 0/0 is never recoverable, so reload.
+                let since = since.map(|since| match since {
+                    Since::Position(position) => position,
+                    Since::Offset(_) => Position::after_transaction(Lsn::ZERO),
+                });
+                let result = self
+                    .ctx
                     .hub
                     .join(&subscriber, &channel, since, filter, joined);
-                self.joined.insert(channel);
+                self.joined_or_refused(channel, result);
+            }
+            (ChannelKind::Custom, since) => {
+                let join = RoomJoin {
+                    since: since.map(|since| match since {
+                        Since::Offset(offset) => offset,
+                        Since::Position(_) => 0,
+                    }),
+                    meta,
+                };
+                let result =
+                    self.ctx
+                        .hub
+                        .join_room(&subscriber, &sid, channel.name(), join, joined);
+                self.joined_or_refused(channel, result);
             }
         }
     }
 
+    fn joined_or_refused(&mut self, channel: Channel, result: Result<(), RoomError>) {
+        match result {
+            Ok(()) => {
+                self.joined.insert(channel);
+            }
+            Err(refused) => self.error(refused.message()),
+        }
+    }
+
     fn leave(&mut self, token: &str, name: &str) {
-        let Some(subscriber) = self.check_token(token) else {
+        let guest = match &self.guest {
+            Some(guest) if token.is_empty() && self.authed.is_none() => {
+                Some(Arc::clone(&guest.subscriber))
+            }
+            _ => None,
+        };
+        let Some(subscriber) = guest.or_else(|| self.check_token(token)) else {
             return;
         };
         if let Some(channel) = self.joined.take(name) {
@@ -394,7 +540,10 @@ impl Session {
             app: &subscriber.reader.app,
             channel: &channel,
             data,
-            sender_sid: &self.sid,
+            sender: Actor::Connection {
+                subscriber: &subscriber,
+                sid: &self.sid,
+            },
             idempotency_key,
         };
         // `ok` is queued before the fanout so the sender sees it ahead of its own copy.
@@ -408,10 +557,22 @@ impl Session {
         }
     }
 
+    fn delivered(&self, delivery: Delivery) {
+        self.ctx.telemetry.delivered(delivery.delivered);
+        self.ctx
+            .telemetry
+            .drop_reason("slow_consumer", delivery.slow_consumers);
+    }
+
     /// Removes every membership; called on re-auth and when the connection ends.
     pub fn leave_all(&mut self) {
-        if let Some(authed) = &self.authed {
-            let app = &authed.subscriber.reader.app;
+        let subscriber = match (&self.authed, &self.guest) {
+            (Some(authed), _) => Some(&authed.subscriber),
+            (None, Some(guest)) => Some(&guest.subscriber),
+            (None, None) => None,
+        };
+        if let Some(subscriber) = subscriber {
+            let app = &subscriber.reader.app;
             for channel in self.joined.drain() {
                 self.ctx.hub.leave(app, self.conn, &channel);
             }

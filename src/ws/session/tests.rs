@@ -4,7 +4,7 @@
 use super::{Next, Session, Transport};
 use crate::auth::{AuthError, UserLookup};
 use crate::hub::{Hub, Outbox};
-use crate::permission::Reader;
+use crate::permission::{AppName, Reader};
 use crate::protocol::CloseReason;
 use crate::publish::{ChannelSink, IdempotencyConfig, MemoryIdempotency, Publisher};
 use crate::telemetry::Telemetry;
@@ -28,6 +28,16 @@ impl UserLookup for Directory {
         _app_key: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Reader, AuthError>> {
         let found = self.0.get(jwt).cloned().ok_or(AuthError::Invalid);
+        Box::pin(async move { found })
+    }
+
+    fn app<'a>(&'a self, app_key: &'a str) -> BoxFuture<'a, Result<AppName, AuthError>> {
+        let found = self
+            .0
+            .values()
+            .find(|reader| &*reader.app == app_key)
+            .map(|reader| Arc::clone(&reader.app))
+            .ok_or(AuthError::Invalid);
         Box::pin(async move { found })
     }
 }
