@@ -12,7 +12,7 @@
 //!   once, before the next transaction is handled.
 
 use super::lease::Lease;
-use super::node::{Metrics, Readiness};
+use super::node::{stream_state, Metrics, Readiness};
 use super::wire::{decode_transaction, encode_transaction, Part, Stamp};
 use super::{ClusterError, ClusterSettings};
 use crate::config::Settings;
@@ -106,17 +106,7 @@ impl Holder {
 
     /// The stream's last sequence (the fencing base) and the stamp of its last message.
     async fn tail(&self) -> Result<(u64, Option<Stamp>), ClusterError> {
-        let mut stream = self
-            .js
-            .get_stream(&self.cluster.stream)
-            .await
-            .map_err(ClusterError::jetstream)?;
-        let state = stream
-            .info()
-            .await
-            .map_err(ClusterError::jetstream)?
-            .state
-            .clone();
+        let (stream, state) = stream_state(&self.js, &self.cluster.stream).await?;
         let last = state.last_sequence;
         if state.messages == 0 || last == 0 {
             return Ok((last, None));

@@ -265,16 +265,7 @@ async fn start_point(
     settings: &Settings,
     db: &Database,
 ) -> Result<(StartAt, Lsn), ClusterError> {
-    let mut stream = js
-        .get_stream(&cluster.stream)
-        .await
-        .map_err(ClusterError::jetstream)?;
-    let state = stream
-        .info()
-        .await
-        .map_err(ClusterError::jetstream)?
-        .state
-        .clone();
+    let (stream, state) = stream_state(js, &cluster.stream).await?;
     if state.messages == 0 {
         let start = StartAt {
             next: state.last_sequence + 1,
@@ -313,4 +304,19 @@ async fn slot_confirmed(db: &Database, slot: &str) -> Lsn {
             .unwrap_or(Lsn::ZERO),
         _ => Lsn::ZERO,
     }
+}
+
+/// The stream by name and its current state (message count, first and last sequence).
+pub(super) async fn stream_state(
+    js: &Context,
+    name: &str,
+) -> Result<(stream::Stream, stream::State), ClusterError> {
+    let mut stream = js.get_stream(name).await.map_err(ClusterError::jetstream)?;
+    let state = stream
+        .info()
+        .await
+        .map_err(ClusterError::jetstream)?
+        .state
+        .clone();
+    Ok((stream, state))
 }
