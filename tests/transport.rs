@@ -7,7 +7,7 @@
 //! Chromium; `.ci/run` installs them.
 
 use crate::support::browser::{Browser, Page};
-use crate::support::{TestEnv, User, WAIT};
+use crate::support::{client_frame, TestEnv, User, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -326,22 +326,10 @@ impl RawClient {
             .expect("connection ended")
     }
 
+    /// `first_byte` carries FIN, RSV1 (compressed) and the opcode as sent on the wire.
     async fn send(&mut self, first_byte: u8, payload: &[u8]) {
-        let mut out = vec![first_byte];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        let key = [7, 1, 9, 3];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let mut out = client_frame(true, 0, payload, true);
+        out[0] = first_byte;
         self.stream.get_mut().write_all(&out).await.unwrap();
     }
 
