@@ -10,7 +10,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// Every client-visible failure collapses into this one (`invalid token`).
     #[error("invalid token")]
     Invalid,
@@ -19,7 +19,7 @@ pub enum AuthError {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct Claims {
+pub(crate) struct Claims {
     pub token: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
@@ -31,14 +31,14 @@ pub struct Claims {
 
 /// An app as `sb.apps` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppRef {
+pub(crate) struct AppRef {
     /// The public key (`sbpk`).
     pub id: Uuid,
     /// The schema name, which scopes channels.
     pub name: AppName,
 }
 
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     key: DecodingKey,
     validation: Validation,
     db: Arc<Database>,
@@ -170,7 +170,7 @@ impl Authenticator {
 
 /// Who a session JWT belongs to. The gateway asks PostgreSQL ([`Authenticator`]); the protocol
 /// session only needs this question answered, so its tests answer it from memory.
-pub trait UserLookup: Send + Sync + std::fmt::Debug {
+pub(crate) trait UserLookup: Send + Sync + std::fmt::Debug {
     /// The user behind `jwt`; with `app_key` (the `sbpk` the connection named), only a user of
     /// that app.
     fn authenticate<'a>(
@@ -198,7 +198,7 @@ impl UserLookup for Authenticator {
 }
 
 /// Comparison whose time does not depend on where the inputs differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

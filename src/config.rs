@@ -8,14 +8,14 @@ use crate::publish::IdempotencyConfig;
 use crate::rules::{RuleError, RuleSpec, Rules};
 use crate::tls::TlsFiles;
 use crate::ws::deflate::{CompressionMode, CompressionPolicy};
-pub use crate::ws::WsConfig;
+use crate::ws::WsConfig;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8099";
-pub const DEFAULT_DATA_DIR: &str = "walcast-data";
+const DEFAULT_DATA_DIR: &str = "walcast-data";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -236,7 +236,7 @@ impl std::fmt::Debug for PublishSettings {
 }
 
 /// `--max-message-bytes` default: as large as the default frame.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 macro_rules! merge_fields {
     ($into:ident, $from:ident; $($field:ident),*) => {

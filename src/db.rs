@@ -94,7 +94,7 @@ impl Database {
 }
 
 /// Quotes an SQL identifier (schema names come from `sb.apps`, i.e. from data).
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 2);
     out.push('"');
     for c in name.chars() {

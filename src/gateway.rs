@@ -41,7 +41,7 @@ pub enum GatewayError {
     #[error("database preparation failed")]
     Prepare(#[source] DbError),
     #[error("cannot set up the snapshot pool")]
-    SnapshotPool(#[source] crate::livequery::snapshot::PoolConfigError),
+    SnapshotPool(#[source] crate::livequery::PoolConfigError),
     #[error("cannot start replication")]
     Replication(#[source] ReplicationError),
     #[error(
@@ -88,7 +88,6 @@ pub struct Gateway {
     pub publisher: Arc<Publisher>,
     /// Open SSE streams.
     pub sse: Arc<SseStreams>,
-    pub telemetry: Telemetry,
 }
 
 impl Gateway {
@@ -240,7 +239,6 @@ impl Gateway {
             hub,
             publisher,
             sse,
-            telemetry,
         })
     }
 
@@ -325,7 +323,7 @@ const SLOT_IN_USE_ATTEMPTS: u32 = 6;
 
 /// Streams from the slot's confirmed position. With a resume window, idle positions are
 /// confirmed by the pipeline once the window log recorded them.
-pub fn replication_config(settings: &Settings) -> ReplicationConfig {
+pub(crate) fn replication_config(settings: &Settings) -> ReplicationConfig {
     ReplicationConfig {
         conninfo: settings.database_url.clone(),
         slot: settings.slot.clone(),

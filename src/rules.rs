@@ -5,7 +5,7 @@
 //! Patterns: `*` matches any run of characters (possibly empty); `{account}` and `{user}` match a
 //! non-empty run and, for access, must equal the caller's account id / user id. So
 //! `private-{account}-*` selects every `private-…` channel, and admits only the account named in
-//! it. A channel no rule matches gets [`Policy::default`].
+//! it. A channel no rule matches gets `Policy::default`.
 
 use crate::permission::Reader;
 use serde::Deserialize;
@@ -25,7 +25,7 @@ pub enum Audience {
 
 /// Who published a message: a connection's user, or the server publish API (trusted).
 #[derive(Debug, Clone, Copy)]
-pub enum Publisher<'a> {
+pub(crate) enum Publisher<'a> {
     User(&'a Reader),
     Server,
 }
@@ -113,7 +113,7 @@ enum Token<'a> {
 /// A parsed pattern. Kept as its source text; tokens are re-derived when matching (patterns are
 /// short and matching happens on join/write, not per delivered message).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern(String);
+pub(crate) struct Pattern(String);
 
 impl Pattern {
     pub fn parse(source: &str) -> Result<Pattern, RuleError> {
@@ -261,7 +261,7 @@ fn glob(tokens: &[Token<'_>], name: &[u8], ids: Option<&Ids>) -> bool {
 
 /// What applies to one channel, resolved from its rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
+pub(crate) struct Policy {
     pattern: Option<Pattern>,
     pub auth: bool,
     pub join: Audience,
@@ -379,7 +379,7 @@ impl Default for Rules {
 
 impl Rules {
     /// The rules in force when the config file has no `[[channel]]` table.
-    pub fn builtin() -> Vec<RuleSpec> {
+    pub(crate) fn builtin() -> Vec<RuleSpec> {
         let spec = |pattern: &str| RuleSpec {
             pattern: pattern.to_owned(),
             auth: true,
@@ -440,7 +440,7 @@ impl Rules {
     }
 
     /// The first matching rule's policy, or the default one.
-    pub fn policy(&self, channel: &str) -> &Policy {
+    pub(crate) fn policy(&self, channel: &str) -> &Policy {
         static DEFAULT: std::sync::OnceLock<Policy> = std::sync::OnceLock::new();
         self.rules
             .iter()

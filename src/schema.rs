@@ -6,9 +6,9 @@ use tokio_postgres::Client;
 /// StaticBackend's layout plus helper functions to create apps and repos.
 pub const STATICBACKEND: &str = include_str!("../schema/staticbackend.sql");
 /// What the gateway prepares for itself: replica identity of document tables, event trigger.
-pub const WALCAST: &str = include_str!("../schema/walcast.sql");
+pub(crate) const WALCAST: &str = include_str!("../schema/walcast.sql");
 /// The demo app of `walcast up`.
-pub const DEMO: &str = include_str!("../schema/demo.sql");
+const DEMO: &str = include_str!("../schema/demo.sql");
 
 /// Demo users as `schema/demo.sql` creates them: (name, email, account label, user id, account id, user token).
 pub const DEMO_USERS: [(&str, &str, &str, &str, &str, &str); 3] = [
@@ -42,7 +42,7 @@ pub const DEMO_USERS: [(&str, &str, &str, &str, &str, &str); 3] = [
 /// `serve`) are serialised by one advisory lock so that `CREATE ... IF NOT EXISTS` and
 /// `CREATE OR REPLACE` races cannot fail any of them. Takes a shared client: the gateway's
 /// connection is shared, and nothing else uses it before the gateway has started.
-pub async fn apply(client: &Client, script: &str) -> Result<(), DbError> {
+pub(crate) async fn apply(client: &Client, script: &str) -> Result<(), DbError> {
     client
         .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7708391)")
         .await?;

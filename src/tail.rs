@@ -172,7 +172,7 @@ impl StdoutWriter {
 }
 
 /// Appends one line per matching event of the transaction; returns how many.
-pub fn format_transaction(
+fn format_transaction(
     committed: &CommittedEvents,
     filter: &TailFilter,
     buf: &mut Vec<u8>,
@@ -189,7 +189,7 @@ pub fn format_transaction(
 
 /// One JSON line. `document` is already JSON text (built from the row's `jsonb`), so it is
 /// embedded as is rather than parsed and re-serialised.
-pub fn format_event(
+fn format_event(
     event: &DocumentEvent,
     lsn: &str,
     commit_time: &str,
@@ -222,7 +222,7 @@ pub fn format_event(
 
 /// RFC 3339 in UTC with microseconds (PostgreSQL's commit time precision), e.g.
 /// `2024-05-01T09:30:00.123456Z`. Times before 1970 print as the epoch: commits cannot be.
-pub fn rfc3339(time: SystemTime) -> String {
+fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

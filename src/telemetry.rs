@@ -26,7 +26,7 @@ pub fn render() -> String {
 }
 
 #[derive(Debug, Clone)]
-pub struct Telemetry(Arc<Handles>);
+pub(crate) struct Telemetry(Arc<Handles>);
 
 #[derive(Debug)]
 struct Handles {
@@ -50,7 +50,7 @@ struct Handles {
 
 /// The replication figures of one report.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LagFigures {
+pub(crate) struct LagFigures {
     /// Server WAL past the last dispatched transaction (0 while the stream is idle).
     pub lag_bytes: u64,
     /// Age of the last dispatched commit while there is lag; 0 otherwise.

@@ -50,7 +50,7 @@ pub enum TlsError {
 }
 
 /// The certificate served to every new handshake; replaced whole by [`CertificateStore::reload`].
-pub struct CertificateStore {
+pub(crate) struct CertificateStore {
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
@@ -86,8 +86,9 @@ impl CertificateStore {
         Ok(())
     }
 
-    /// The end-entity certificate now served (DER), for tests and logs.
-    pub fn served(&self) -> CertificateDer<'static> {
+    /// The end-entity certificate now served (DER).
+    #[cfg(test)]
+    fn served(&self) -> CertificateDer<'static> {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         current.cert[0].clone()
     }

@@ -24,10 +24,9 @@ mod node;
 mod settings;
 mod wire;
 
-pub use channels::ChannelBridge;
-pub use node::{ClusterNode, Readiness};
+pub use node::ClusterNode;
 pub use settings::{ClusterSettings, ClusterSettingsError};
-pub use wire::{decode_transaction, encode_transaction, WireError, WireTransaction};
+pub use wire::WireError;
 
 /// Errors of cluster mode. `retryable` tells the loops whether to back off and try again.
 #[derive(Debug, thiserror::Error)]

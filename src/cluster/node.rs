@@ -63,10 +63,6 @@ impl Readiness {
         self.slot_streaming.store(on, Ordering::Release);
         self.update();
     }
-
-    pub fn is_holder(&self) -> bool {
-        self.holder.load(Ordering::Acquire)
-    }
 }
 
 /// Cluster metrics (names in docs/OPERATIONS.md).

@@ -9,10 +9,10 @@ mod kind;
 mod position;
 pub mod repo;
 
-pub use assemble::{AssembleStats, Assembler};
-pub use document::{build_document, DocumentError};
+pub(crate) use assemble::Assembler;
+pub(crate) use document::build_document;
 pub use kind::EventKind;
-pub use position::{ParsePositionError, Position};
+pub(crate) use position::Position;
 
 use crate::permission::{AppName, RowAccess};
 use std::sync::Arc;

@@ -4,11 +4,11 @@
 //! [`REPO_RULE_CASES`] against the same answers.
 
 /// Columns every repo has; others may follow.
-pub const REPO_COLUMNS: [&str; 4] = ["id", "account_id", "owner_id", "data"];
+const REPO_COLUMNS: [&str; 4] = ["id", "account_id", "owner_id", "data"];
 
 /// Schemas that are never an app: PostgreSQL's own, StaticBackend's `sb`, the gateway's
 /// `walcast`, and `public`. Every `pg_*` schema (temporary, toast) is PostgreSQL's too.
-pub const NON_APP_SCHEMAS: [&str; 5] = [
+const NON_APP_SCHEMAS: [&str; 5] = [
     "pg_catalog",
     "information_schema",
     "sb",
@@ -17,7 +17,7 @@ pub const NON_APP_SCHEMAS: [&str; 5] = [
 ];
 
 /// StaticBackend's own tables in an app schema (`sb_tokens`, …) start with this.
-pub const SYSTEM_TABLE_PREFIX: &str = "sb_";
+const SYSTEM_TABLE_PREFIX: &str = "sb_";
 
 /// Whether table `table` of schema `schema` with these columns is a repo.
 pub fn is_repo<'a>(schema: &str, table: &str, columns: impl IntoIterator<Item = &'a str>) -> bool {

@@ -390,7 +390,7 @@ impl Hub {
     }
 
     /// Publishes to a custom channel (`chan_in` or the server publish API, through
-    /// [`crate::publish::Publisher`]): checks the rules, gives the message its offset and keeps
+    /// `crate::publish::Publisher`): checks the rules, gives the message its offset and keeps
     /// it in history, then pushes the `chan_out` to every member.
     pub fn publish(
         &self,

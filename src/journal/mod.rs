@@ -17,7 +17,7 @@
 //! publish ack = durable, ordered consumer from a sequence = replay).
 
 mod record;
-pub mod segments;
+mod segments;
 
 use crate::event::CommittedEvents;
 use futures_util::future::BoxFuture;

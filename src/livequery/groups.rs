@@ -22,7 +22,8 @@ pub struct FilterGroups {
 }
 
 impl FilterGroups {
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.by_conn.is_empty()
     }
 
@@ -77,21 +78,19 @@ impl FilterGroups {
         self.by_conn.get(&conn).copied()
     }
 
-    pub fn filter_of(&self, conn: ConnId) -> Option<&Arc<Filter>> {
-        self.filter(self.slot_of(conn)?)
-    }
-
     pub fn filter(&self, slot: usize) -> Option<&Arc<Filter>> {
         self.slots.get(slot)?.as_ref().map(|g| &g.filter)
     }
 
-    /// One past the highest slot in use: the size of a per-event memo.
-    pub fn slot_count(&self) -> usize {
+    /// One past the highest slot in use.
+    #[cfg(test)]
+    fn slot_count(&self) -> usize {
         self.slots.len()
     }
 
     /// Distinct filters in use.
-    pub fn distinct(&self) -> usize {
+    #[cfg(test)]
+    fn distinct(&self) -> usize {
         self.by_filter.len()
     }
 }

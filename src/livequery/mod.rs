@@ -10,17 +10,16 @@
 //! - [`hold`]: transactions held for members whose snapshot is being read.
 //! - [`snapshot`]: reading a snapshot (pool, bounds, pages) and ending it on the hub.
 
-pub mod eval;
-pub mod filter;
-pub mod groups;
-pub mod hold;
-pub mod snapshot;
-pub mod sql;
-pub mod visibility;
+mod eval;
+mod filter;
+mod groups;
+mod hold;
+mod snapshot;
+mod sql;
+mod visibility;
 
 pub use eval::{EventFilters, Sight};
 pub use filter::{Filter, FilterError};
 pub use groups::FilterGroups;
 pub use hold::{Waiting, WaitingMembers};
-pub use snapshot::{SnapshotConfig, SnapshotError, Snapshots};
-pub use visibility::XidSnapshot;
+pub use snapshot::{PoolConfigError, SnapshotConfig, SnapshotError, SnapshotJoin, Snapshots};

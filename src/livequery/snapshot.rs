@@ -75,14 +75,6 @@ pub enum SnapshotError {
 }
 
 impl SnapshotError {
-    /// Whether the same join may succeed later without the client changing anything.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(
-            self,
-            SnapshotError::TooManyRows(_) | SnapshotError::WithSince
-        )
-    }
-
     fn from_db(error: tokio_postgres::Error) -> SnapshotError {
         if error.code() == Some(&SqlState::QUERY_CANCELED) {
             SnapshotError::Timeout
@@ -149,10 +141,6 @@ impl Snapshots {
             in_flight: Semaphore::new(config.max_in_flight.max(1)),
             config,
         })
-    }
-
-    pub fn config(&self) -> &SnapshotConfig {
-        &self.config
     }
 
     async fn permit(&self) -> Result<SemaphorePermit<'_>, SnapshotError> {

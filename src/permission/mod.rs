@@ -3,13 +3,13 @@
 
 mod level;
 
-pub use level::{read_level, ReadLevel};
+pub(crate) use level::{read_level, ReadLevel};
 
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// Users with this role or above see every row of their app.
-pub const ROOT_ROLE: i32 = 100;
+const ROOT_ROLE: i32 = 100;
 
 /// The tenant a connection, channel or row belongs to: the app's schema name.
 pub type AppName = Arc<str>;
@@ -40,7 +40,7 @@ pub struct RowAccess {
 
 /// Whether `reader` may read a row with `row` access columns in a repo of `level`. The caller
 /// guarantees reader and row belong to the same app.
-pub fn may_read(level: ReadLevel, reader: &Reader, row: &RowAccess) -> bool {
+pub(crate) fn may_read(level: ReadLevel, reader: &Reader, row: &RowAccess) -> bool {
     if reader.is_root() {
         return true;
     }

@@ -14,7 +14,7 @@ pub struct Envelope<'a> {
     pub token: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lsn: Option<&'a str>,
-    /// The event's [`crate::event::Position`]: what `since` takes to resume right after it.
+    /// The event's `crate::event::Position`: what `since` takes to resume right after it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pos: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]

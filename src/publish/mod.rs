@@ -9,7 +9,7 @@
 mod idempotency;
 
 pub use idempotency::{
-    Claim, IdempotencyConfig, IdempotencyStore, MemoryIdempotency, Scope, StoreError, MAX_KEY_BYTES,
+    Claim, IdempotencyConfig, IdempotencyStore, MemoryIdempotency, Scope, MAX_KEY_BYTES,
 };
 
 use crate::hub::{Actor, Delivery, Hub, RoomError};
@@ -146,7 +146,7 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(
+    pub(crate) fn new(
         sink: Arc<dyn ChannelSink>,
         keys: Arc<dyn IdempotencyStore>,
         max_message_bytes: usize,

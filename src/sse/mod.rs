@@ -11,8 +11,6 @@
 
 mod stream;
 
-pub use stream::EventBody;
-
 use crate::hub::{new_conn_id, Outbox};
 use crate::protocol::{self, ClientMessage, ParseError};
 use crate::ws::{Next, Session, Transport, WsContext};
@@ -47,7 +45,7 @@ pub struct SseStreams {
 }
 
 impl SseStreams {
-    pub fn new(ctx: Arc<WsContext>, tasks: TaskTracker) -> Arc<Self> {
+    pub(crate) fn new(ctx: Arc<WsContext>, tasks: TaskTracker) -> Arc<Self> {
         Arc::new(SseStreams {
             ctx,
             streams: Mutex::new(HashMap::new()),

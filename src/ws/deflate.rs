@@ -12,7 +12,7 @@ use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
 use std::cell::RefCell;
 
 /// The extension's token in `Sec-WebSocket-Extensions`.
-pub const EXTENSION: &str = "permessage-deflate";
+pub(crate) const EXTENSION: &str = "permessage-deflate";
 
 /// The trailer every sync-flushed message ends with; removed on send, restored on receive
 /// (RFC 7692 §7.2.1–7.2.2).
@@ -51,7 +51,7 @@ impl Default for CompressionPolicy {
 
 /// What one connection agreed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deflate {
+pub(crate) struct Deflate {
     /// Payloads shorter than this are sent uncompressed (a per-message choice, §6).
     min_bytes: usize,
     /// The client limited our window to `2^bits` (`server_max_window_bits`). With no context
@@ -82,7 +82,7 @@ impl Deflate {
 /// Picks the first acceptable `permessage-deflate` offer among the request's
 /// `Sec-WebSocket-Extensions` values (§5.1), or none: compression off, no offer, or every offer
 /// declined. An offer with an unknown, repeated or invalid parameter is declined (§7.1).
-pub fn negotiate<'a>(
+pub(crate) fn negotiate<'a>(
     policy: CompressionPolicy,
     header_values: impl IntoIterator<Item = &'a str>,
 ) -> Option<Deflate> {

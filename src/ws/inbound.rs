@@ -31,7 +31,7 @@ struct Partial {
 }
 
 /// The server side of one socket's inbound direction. `next` is cancel-safe (see
-/// [`FrameReader`]), but is meant for a single reader.
+/// `FrameReader`), but is meant for a single reader.
 pub struct InboundReader<R> {
     reader: FrameReader<R>,
     partial: Option<Partial>,

@@ -10,9 +10,9 @@ mod socket;
 mod wire;
 mod writer;
 
-pub use limits::ConnectionLimits;
-pub use session::{Next, Session, Transport};
-pub use socket::serve_socket;
+pub(crate) use limits::ConnectionLimits;
+pub(crate) use session::{Next, Session, Transport};
+pub(crate) use socket::serve_socket;
 
 use crate::auth::UserLookup;
 use crate::hub::Hub;
@@ -62,7 +62,7 @@ impl Default for WsConfig {
 
 /// What every connection shares.
 #[derive(Debug)]
-pub struct WsContext {
+pub(crate) struct WsContext {
     pub hub: Arc<Hub>,
     pub auth: Arc<dyn UserLookup>,
     /// Snapshot reads for `join` with `"snapshot": true`.

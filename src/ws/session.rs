@@ -8,7 +8,7 @@ use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
 use crate::event::Position;
 use crate::hub::{Actor, ConnId, Delivery, Joined, Outbox, RoomError, RoomJoin, Subscriber};
-use crate::livequery::snapshot::SnapshotJoin;
+use crate::livequery::SnapshotJoin;
 use crate::livequery::{Filter, FilterError, SnapshotError};
 use crate::permission::Reader;
 use crate::protocol::{
