@@ -37,54 +37,50 @@ impl ParseError {
 pub fn parse_client(frame: &[u8]) -> Result<ClientMessage, ParseError> {
     let mut object: Map<String, Value> =
         serde_json::from_slice(frame).map_err(|_| ParseError::NotAnObject)?;
-    let mut take = |key: &'static str| -> Result<String, ParseError> {
-        match object.remove(key) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s),
-            Some(_) => Err(ParseError::NotAString(key)),
-        }
-    };
-    let sid = take("sid")?;
-    let kind = take("type")?;
-    let data = take("data")?;
-    let channel = take("channel")?;
-    let token = take("token")?;
-    let since = match object.remove("since") {
-        Some(Value::String(s)) if !s.is_empty() => Some(s),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    };
-    let idempotency_key = ["idempotency_key", "idempotencyKey"]
-        .into_iter()
-        .find_map(|key| match object.remove(key) {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            _ => None,
-        });
-    let snapshot = matches!(object.remove("snapshot"), Some(Value::Bool(true)));
-    let filter = match object.remove("filter") {
-        None | Some(Value::Null) => None,
-        // A client that keeps every value a string may send the filter as JSON text.
-        Some(Value::String(text)) => {
-            Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-        }
-        Some(value) => Some(value),
-    };
-    let meta = match object.remove("meta") {
-        None | Some(Value::Null) => None,
-        Some(value) => Some(value.to_string()),
-    };
+    // Fields are read in the order written, so the first non-string key is the one reported.
     Ok(ClientMessage {
-        sid,
-        kind,
-        data,
-        channel,
-        token,
-        since,
-        idempotency_key,
-        snapshot,
-        filter,
-        meta,
+        sid: envelope_string(&mut object, "sid")?,
+        kind: envelope_string(&mut object, "type")?,
+        data: envelope_string(&mut object, "data")?,
+        channel: envelope_string(&mut object, "channel")?,
+        token: envelope_string(&mut object, "token")?,
+        since: match object.remove("since") {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        },
+        idempotency_key: ["idempotency_key", "idempotencyKey"]
+            .into_iter()
+            .find_map(|key| match object.remove(key) {
+                Some(Value::String(s)) if !s.is_empty() => Some(s),
+                _ => None,
+            }),
+        snapshot: matches!(object.remove("snapshot"), Some(Value::Bool(true))),
+        filter: match object.remove("filter") {
+            None | Some(Value::Null) => None,
+            // A client that keeps every value a string may send the filter as JSON text.
+            Some(Value::String(text)) => {
+                Some(serde_json::from_str(&text).unwrap_or(Value::String(text)))
+            }
+            Some(value) => Some(value),
+        },
+        meta: match object.remove("meta") {
+            None | Some(Value::Null) => None,
+            Some(value) => Some(value.to_string()),
+        },
     })
+}
+
+/// One of the five envelope keys: a string, missing or `null` read as empty.
+fn envelope_string(
+    object: &mut Map<String, Value>,
+    key: &'static str,
+) -> Result<String, ParseError> {
+    match object.remove(key) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(ParseError::NotAString(key)),
+    }
 }
 
 #[cfg(test)]

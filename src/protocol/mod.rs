@@ -15,5 +15,5 @@ pub use client::{parse_client, ClientMessage, ParseError};
 pub use close::CloseReason;
 pub use envelope::{encode, Envelope};
 pub use outgoing::{Outgoing, SharedText};
-pub use request::{Request, RequestError, Since};
+pub use request::{JoinRequest, Request, RequestError, Since};
 pub use room::{HistoryQuery, InvalidHistoryQuery};

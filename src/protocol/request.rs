@@ -30,20 +30,8 @@ pub enum Request {
     },
     /// `auth`: `jwt` is the StaticBackend session token (the frame's `data`).
     Auth { jwt: String },
-    /// `join`: the channel is refused only after the token is checked, so its parse error is
-    /// kept, not raised. `since` is the resume point (PROTOCOL.md §8): an event position or a
-    /// bare LSN on a database channel, an offset on a custom one. `meta` [ext] is the JSON text
-    /// of the member's presence metadata.
-    Join {
-        token: String,
-        channel: Result<Channel, ChannelError>,
-        since: Option<Since>,
-        /// [ext] `"snapshot": true`: the readable rows first, then live changes.
-        snapshot: bool,
-        /// [ext] A subscription filter, parsed here; its refusal is kept, like the channel's.
-        filter: Option<Result<Filter, FilterError>>,
-        meta: Option<String>,
-    },
+    /// `join`.
+    Join(JoinRequest),
     /// `leave`: any name; leaving a channel one is not in is answered like any other leave.
     Leave { token: String, channel: String },
     /// `chan_in`: publish `data` to a custom channel. [ext] `idempotency_key`: a retry with
@@ -76,6 +64,23 @@ pub enum Request {
         token: String,
         channel: Result<Channel, ChannelError>,
     },
+}
+
+/// `join`: the channel is refused only after the token is checked, so its parse error is kept,
+/// not raised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinRequest {
+    pub token: String,
+    pub channel: Result<Channel, ChannelError>,
+    /// The resume point (PROTOCOL.md §8): an event position or a bare LSN on a database
+    /// channel, an offset on a custom one.
+    pub since: Option<Since>,
+    /// [ext] `"snapshot": true`: the readable rows first, then live changes.
+    pub snapshot: bool,
+    /// [ext] A subscription filter, parsed here; its refusal is kept, like the channel's.
+    pub filter: Option<Result<Filter, FilterError>>,
+    /// [ext] The JSON text of the member's presence metadata.
+    pub meta: Option<String>,
 }
 
 /// A room request's channel, named in `channel`: missing, else any valid name (a database
@@ -124,14 +129,14 @@ impl Request {
                     }
                     _ => Since::Offset(s.parse().unwrap_or(0)),
                 });
-                Ok(Request::Join {
+                Ok(Request::Join(JoinRequest {
                     token,
                     channel,
                     since,
                     snapshot,
                     filter: filter.as_ref().map(Filter::parse),
                     meta,
-                })
+                }))
             }
             "leave" => Ok(Request::Leave {
                 token,
@@ -170,7 +175,7 @@ impl Request {
         match self {
             Request::Echo { .. } => "echo",
             Request::Auth { .. } => "auth",
-            Request::Join { .. } => "join",
+            Request::Join(_) => "join",
             Request::Leave { .. } => "leave",
             Request::ChanIn { .. } => "chan_in",
             Request::Presence { .. } => "presence",
@@ -188,6 +193,13 @@ mod tests {
 
     fn request(frame: &str) -> Result<Request, RequestError> {
         Request::from_message(parse_client(frame.as_bytes()).unwrap())
+    }
+
+    fn join(frame: &str) -> JoinRequest {
+        match request(frame) {
+            Ok(Request::Join(join)) => join,
+            other => panic!("not a join: {other:?}"),
+        }
     }
 
     #[test]
@@ -211,41 +223,25 @@ mod tests {
                 channel: "room".into()
             })
         );
-        let Ok(Request::Join {
-            token,
-            channel,
-            since,
-            snapshot,
-            filter,
-            meta,
-        }) = request(r#"{"type":"join","data":"db-x","token":"t","since":"0/16B3748"}"#)
-        else {
-            panic!("not a join");
-        };
-        assert_eq!(token, "t");
-        assert_eq!(channel.map(|c| c.name().to_owned()), Ok("db-x".into()));
+        let db = join(r#"{"type":"join","data":"db-x","token":"t","since":"0/16B3748"}"#);
+        assert_eq!(db.token, "t");
+        assert_eq!(db.channel.map(|c| c.name().to_owned()), Ok("db-x".into()));
         assert_eq!(
-            since,
+            db.since,
             Some(Since::Position(Position::after_transaction(Lsn(0x16B3748))))
         );
-        assert!(!snapshot);
-        assert_eq!(filter, None);
-        let Ok(Request::Join {
-            snapshot, filter, ..
-        }) = request(r#"{"type":"join","data":"db-x","snapshot":true,"filter":[["a","eq",1]]}"#)
-        else {
-            panic!("not a join");
-        };
-        assert!(snapshot);
-        assert!(filter.is_some_and(|f| f.is_ok_and(|f| f.predicates().len() == 1)));
-        assert_eq!(meta, None);
-        let Ok(Request::Join { since, meta, .. }) =
-            request(r#"{"type":"join","data":"presence-x","since":17,"meta":{"status":"online"}}"#)
-        else {
-            panic!("not a join");
-        };
-        assert_eq!(since, Some(Since::Offset(17)));
-        assert_eq!(meta.as_deref(), Some(r#"{"status":"online"}"#));
+        assert!(!db.snapshot);
+        assert_eq!(db.filter, None);
+        assert_eq!(db.meta, None);
+        let live = join(r#"{"type":"join","data":"db-x","snapshot":true,"filter":[["a","eq",1]]}"#);
+        assert!(live.snapshot);
+        assert!(live
+            .filter
+            .is_some_and(|f| f.is_ok_and(|f| f.predicates().len() == 1)));
+        let room =
+            join(r#"{"type":"join","data":"presence-x","since":17,"meta":{"status":"online"}}"#);
+        assert_eq!(room.since, Some(Since::Offset(17)));
+        assert_eq!(room.meta.as_deref(), Some(r#"{"status":"online"}"#));
         let Ok(Request::History { channel, query, .. }) = request(
             r#"{"type":"history","channel":"room","data":"{\"cursor\":\"9\",\"limit\":2}"}"#,
         ) else {
@@ -297,9 +293,7 @@ mod tests {
 
     #[test]
     fn channel_refusals_are_kept_for_later() {
-        let Ok(Request::Join { channel, .. }) = request(r#"{"type":"join","data":"sbsys"}"#) else {
-            panic!("not a join");
-        };
+        let channel = join(r#"{"type":"join","data":"sbsys"}"#).channel;
         assert_eq!(channel.err(), Some(ChannelError::Reserved));
         let Ok(Request::ChanIn { channel, .. }) = request(r#"{"type":"chan_in","channel":"DB-x"}"#)
         else {
@@ -310,10 +304,7 @@ mod tests {
 
     #[test]
     fn unreadable_since_is_zero_and_empty_since_is_none() {
-        let since = |frame: &str| match request(frame) {
-            Ok(Request::Join { since, .. }) => since,
-            other => panic!("{other:?}"),
-        };
+        let since = |frame: &str| join(frame).since;
         assert_eq!(
             since(r#"{"type":"join","data":"db-x","since":"soon"}"#),
             Some(Since::Position(Position::after_transaction(Lsn::ZERO)))

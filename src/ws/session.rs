@@ -8,12 +8,11 @@ use super::WsContext;
 use crate::auth::{constant_time_eq, AuthError};
 use crate::event::Position;
 use crate::hub::{Actor, ConnId, Delivery, Joined, Outbox, RoomError, RoomJoin, Subscriber};
-use crate::livequery::SnapshotJoin;
-use crate::livequery::{Filter, FilterError, SnapshotError};
+use crate::livequery::{SnapshotError, SnapshotJoin};
 use crate::permission::Reader;
 use crate::protocol::{
     self, encode, frame, Channel, ChannelError, ChannelKind, ClientMessage, CloseReason, Envelope,
-    ParseError, Request, Since,
+    JoinRequest, ParseError, Request, Since,
 };
 use crate::publish::Outgoing;
 use rand::Rng;
@@ -186,17 +185,7 @@ impl Session {
                 });
             }
             Request::Auth { jwt } => return self.auth(&jwt).await,
-            Request::Join {
-                token,
-                channel,
-                since,
-                snapshot,
-                filter,
-                meta,
-            } => {
-                self.join(&token, channel, since, snapshot, filter, meta.as_deref())
-                    .await
-            }
+            Request::Join(join) => self.join(join).await,
             Request::Leave { token, channel } => self.leave(&token, &channel),
             Request::ChanIn {
                 token,
@@ -366,16 +355,16 @@ impl Session {
         Some(subscriber)
     }
 
-    async fn join(
-        &mut self,
-        token: &str,
-        channel: Result<Channel, ChannelError>,
-        since: Option<Since>,
-        snapshot: bool,
-        filter: Option<Result<Filter, FilterError>>,
-        meta: Option<&str>,
-    ) {
-        let Some(subscriber) = self.caller(token, &channel).await else {
+    async fn join(&mut self, request: JoinRequest) {
+        let JoinRequest {
+            token,
+            channel,
+            since,
+            snapshot,
+            filter,
+            meta,
+        } = request;
+        let Some(subscriber) = self.caller(&token, &channel).await else {
             return;
         };
         let channel = match channel {
@@ -488,7 +477,7 @@ impl Session {
                         Since::Offset(offset) => offset,
                         Since::Position(_) => 0,
                     }),
-                    meta,
+                    meta: meta.as_deref(),
                 };
                 let result =
                     self.ctx
