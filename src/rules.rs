@@ -454,15 +454,6 @@ mod tests {
     use super::*;
     use uuid::Uuid;
 
-    fn reader(account: u128, user: u128, role: i32) -> Reader {
-        Reader {
-            app: "app".into(),
-            user_id: Uuid::from_u128(user),
-            account_id: Some(Uuid::from_u128(account)),
-            role,
-        }
-    }
-
     #[test]
     fn glob_patterns() {
         let p = Pattern::parse("chat-*-room").unwrap();
@@ -484,9 +475,9 @@ mod tests {
     #[test]
     fn private_channels_admit_their_account_only() {
         let rules = Rules::default();
-        let alice = reader(1, 10, 0);
-        let bob = reader(2, 20, 0);
-        let root = reader(3, 30, 100);
+        let alice = Reader::numbered(1, 10, 0);
+        let bob = Reader::numbered(2, 20, 0);
+        let root = Reader::numbered(3, 30, 100);
         let channel = format!("private-{}-chat", Uuid::from_u128(1));
         let policy = rules.policy(&channel);
         assert_eq!(policy.may_join(&channel, Some(&alice)), Ok(()));
@@ -513,8 +504,8 @@ mod tests {
         let rules = Rules::default();
         assert!(rules.policy("presence-lobby").presence);
         assert!(!rules.policy("lobby").presence);
-        let user = reader(1, 1, 0);
-        let root = reader(1, 2, 100);
+        let user = Reader::numbered(1, 1, 0);
+        let root = Reader::numbered(1, 2, 100);
         let ro = rules.policy("readonly-news");
         assert_eq!(
             ro.may_publish("readonly-news", Publisher::User(&user), true),
@@ -562,7 +553,7 @@ mod tests {
             .remove("channel")
             .unwrap();
         let rules = Rules::from_specs(&specs).unwrap();
-        let me = reader(1, 7, 0);
+        let me = Reader::numbered(1, 7, 0);
         let mine = format!("team-{}-notes", Uuid::from_u128(7));
         assert_eq!(rules.policy(&mine).may_join(&mine, Some(&me)), Ok(()));
         assert!(rules.policy(&mine).history_size.is_none());
@@ -606,8 +597,8 @@ mod tests {
     #[test]
     fn room_meta_and_destroy() {
         let rules = Rules::default();
-        let user = reader(1, 1, 0);
-        let root = reader(1, 2, 100);
+        let user = Reader::numbered(1, 1, 0);
+        let root = Reader::numbered(1, 2, 100);
         let p = rules.policy("room");
         assert_eq!(p.may_set_room_meta(&user, true), Ok(()));
         assert_eq!(p.may_set_room_meta(&user, false), Err(Denied::RoomMeta));

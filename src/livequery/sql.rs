@@ -213,15 +213,9 @@ fn sql_op(op: Op) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
-    use uuid::Uuid;
 
     fn reader(role: i32) -> Reader {
-        Reader {
-            app: "app".into(),
-            user_id: Uuid::from_u128(2),
-            account_id: Some(Uuid::from_u128(1)),
-            role,
-        }
+        Reader::numbered(1, 2, role)
     }
 
     #[test]

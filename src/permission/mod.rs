@@ -27,6 +27,17 @@ impl Reader {
     pub fn is_root(&self) -> bool {
         self.role >= ROOT_ROLE
     }
+
+    /// A user of the app named `app` whose ids are the given numbers, for tests.
+    #[cfg(test)]
+    pub(crate) fn numbered(account: u128, user: u128, role: i32) -> Reader {
+        Reader {
+            app: "app".into(),
+            user_id: Uuid::from_u128(user),
+            account_id: Some(Uuid::from_u128(account)),
+            role,
+        }
+    }
 }
 
 /// The permission-relevant columns of one row version. `None` is a SQL NULL.
@@ -56,15 +67,6 @@ pub(crate) fn may_read(level: ReadLevel, reader: &Reader, row: &RowAccess) -> bo
 mod tests {
     use super::*;
 
-    fn reader(account: u128, user: u128, role: i32) -> Reader {
-        Reader {
-            app: "app".into(),
-            user_id: Uuid::from_u128(user),
-            account_id: Some(Uuid::from_u128(account)),
-            role,
-        }
-    }
-
     fn row(account: Option<u128>, owner: Option<u128>) -> RowAccess {
         RowAccess {
             account_id: account.map(Uuid::from_u128),
@@ -74,8 +76,8 @@ mod tests {
 
     #[test]
     fn account_level() {
-        let a1 = reader(1, 11, 0);
-        let c = reader(2, 21, 0);
+        let a1 = Reader::numbered(1, 11, 0);
+        let c = Reader::numbered(2, 21, 0);
         assert!(may_read(ReadLevel::Account, &a1, &row(Some(1), Some(12))));
         assert!(!may_read(ReadLevel::Account, &c, &row(Some(1), Some(12))));
         assert!(!may_read(ReadLevel::Account, &a1, &row(None, None)));
@@ -83,7 +85,7 @@ mod tests {
 
     #[test]
     fn owner_level_needs_both() {
-        let a1 = reader(1, 11, 0);
+        let a1 = Reader::numbered(1, 11, 0);
         assert!(may_read(ReadLevel::Owner, &a1, &row(Some(1), Some(11))));
         assert!(!may_read(ReadLevel::Owner, &a1, &row(Some(1), Some(12))));
         assert!(!may_read(ReadLevel::Owner, &a1, &row(Some(2), Some(11))));
@@ -91,8 +93,8 @@ mod tests {
 
     #[test]
     fn everyone_and_root() {
-        let c = reader(2, 21, 0);
-        let root = reader(9, 99, 100);
+        let c = Reader::numbered(2, 21, 0);
+        let root = Reader::numbered(9, 99, 100);
         assert!(may_read(ReadLevel::Everyone, &c, &row(None, None)));
         assert!(may_read(ReadLevel::Owner, &root, &row(Some(1), Some(11))));
         assert!(may_read(ReadLevel::Account, &root, &row(None, None)));
@@ -102,7 +104,7 @@ mod tests {
     fn null_account_reader_never_matches_null_row() {
         let orphan = Reader {
             account_id: None,
-            ..reader(0, 5, 0)
+            ..Reader::numbered(0, 5, 0)
         };
         assert!(!may_read(ReadLevel::Account, &orphan, &row(None, None)));
     }

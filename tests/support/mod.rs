@@ -311,6 +311,12 @@ impl Ws {
         doc
     }
 
+    /// Asserts the next message is a `db_deleted` event on `channel` for document `id`.
+    pub async fn expect_deleted(&mut self, channel: &str, id: Uuid, why: &str) {
+        let data = event(&self.recv().await, "db_deleted", channel);
+        assert_eq!(data, Value::String(id.to_string()), "{why}");
+    }
+
     /// Waits for the server to close; returns the close code.
     pub async fn closed(&mut self) -> u16 {
         loop {
