@@ -39,6 +39,8 @@ async fn channel_scenario_over_tls_with_compression() {
 
 /// A toy channel run with `extra` flags; asserts every delivery is accounted for.
 async fn channel_run(extra: &[&str]) -> Value {
+    // The gateway child inherits it: its window log goes there, not into the working directory.
+    let data_dir = tempfile::tempdir().unwrap();
     let run = Command::new(BIN)
         .args(["bench", "--scenario", "channel", "--connections", "10"])
         .args(extra)
@@ -53,6 +55,7 @@ async fn channel_run(extra: &[&str]) -> Value {
         ])
         .env_remove("DATABASE_URL")
         .env_remove("JWT_SECRET")
+        .env("WALCAST_DATA_DIR", data_dir.path())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();

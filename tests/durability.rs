@@ -40,9 +40,7 @@ fn pos_key(pos: &str) -> (u64, u32) {
 #[tokio::test]
 async fn a_cut_transaction_resumes_at_the_exact_event() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let user = env.create_user(&app, a, 0).await;
+    let (app, a, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, REPO).await;
 
     let mut first = env.ws_as(&user).await;
@@ -296,9 +294,7 @@ fn pg_ctl(cluster: &EmbeddedPostgres, args: &[&str]) -> std::process::ExitStatus
 
 async fn restart_postgres_under_a_gateway(mode: &str) {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let user = env.create_user(&app, a, 0).await;
+    let (app, a, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, REPO).await;
     let subscriber = Subscriber::new();
     let mut ws = subscriber.join(env.addr, &user).await;
@@ -450,9 +446,7 @@ impl Drop for Serve {
 async fn for_a_process() -> (TestEnv, App, Uuid, User) {
     let mut env = TestEnv::start().await;
     env.shutdown().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let user = env.create_user(&app, a, 0).await;
+    let (app, a, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, REPO).await;
     (env, app, a, user)
 }

@@ -65,9 +65,7 @@ async fn bad_frame(addr: SocketAddr, frame: Vec<u8>) -> u16 {
 async fn flood_leaves_the_gateway_serving_with_bounded_memory() {
     let mut env = TestEnv::start().await;
     env.shutdown().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, "tasks_760_").await;
     let (child, addr) = start_gateway(&env.url).await;
     let pid = child.id().unwrap();

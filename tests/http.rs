@@ -29,9 +29,7 @@ async fn metrics_health_and_readiness_while_streaming() {
         assert!(ready.body.contains(key), "{key} in {}", ready.body);
     }
 
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, "tasks").await;
     let mut ws = env.ws_as(&user).await;
     ws.join("db-tasks").await;

@@ -1,72 +1,26 @@
 //! `walcast serve` as a process: readiness, SIGTERM closes sockets with 1001, confirms the last
 //! LSN to PostgreSQL and exits 0.
 
+use crate::support::serve;
 use crate::support::*;
 use serde_json::json;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-/// Kills the child on drop, so a failing test leaves no gateway behind.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
+use std::process::Command;
+use std::time::Duration;
 
 #[tokio::test]
 async fn sigterm_closes_sockets_confirms_and_exits_zero() {
     let mut env = TestEnv::start().await;
     // The in-process gateway of TestEnv holds slot `walcast`; the process under test gets its own.
     env.shutdown().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, "tasks_760_").await;
 
-    let port = free_port();
-    let mut child = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_walcast"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--slot",
-                "walcast_proc",
-                // No resume window: everything dispatched can be confirmed at once.
-                "--resume-window-secs",
-                "0",
-            ])
-            .env("DATABASE_URL", &env.url)
-            .env("JWT_SECRET", SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn walcast serve"),
-    );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http_status(addr, "/readyz").await != Some(200) {
-        assert!(Instant::now() < deadline, "gateway never became ready");
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "gateway exited early"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(http_status(addr, "/healthz").await, Some(200));
+    let addr = serve::free_addr();
+    // No resume window: everything dispatched can be confirmed at once.
+    let extra = ["--resume-window-secs", "0"];
+    let mut child = serve::spawn(&env.url, addr, "walcast_proc", &extra, "error");
+    serve::wait_ready(addr, &mut child).await;
+    assert_eq!(http_get(addr, "/healthz").await.status, 200);
 
     let mut ws = Ws::connect(addr, "").await;
     ws.auth(&user.jwt).await;
@@ -83,24 +37,17 @@ async fn sigterm_closes_sockets_confirms_and_exits_zero() {
     assert_eq!(delivered["type"], "db_created");
     let commit_lsn = delivered["lsn"].as_str().unwrap().to_owned();
 
-    let pid = child.0.id().to_string();
+    let pid = child.id().expect("gateway running").to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
     assert_eq!(ws.closed().await, 1001);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gateway did not exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("gateway did not exit after SIGTERM")
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
 
     // The slot's confirmed position is at or past the delivered commit: a restart will not
@@ -123,9 +70,7 @@ async fn sigterm_closes_sockets_confirms_and_exits_zero() {
 #[tokio::test]
 async fn gateway_restart_resumes_without_loss_or_repeat() {
     let mut env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 100).await;
+    let (app, account, user) = env.app_with_user("acme", 100).await;
     env.create_repo(&app, "log_760_").await;
     {
         let mut ws = env.ws_as(&user).await;

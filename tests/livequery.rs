@@ -722,9 +722,7 @@ async fn next_json(
 
 /// One app with one account, one user of it, and the repo `tasks_760_`.
 async fn one_account(env: TestEnv) -> (TestEnv, App, Uuid, User) {
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, "tasks_760_").await;
     (env, app, account, user)
 }

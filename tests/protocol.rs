@@ -50,9 +50,7 @@ async fn init_echo_and_errors() {
 #[tokio::test]
 async fn auth_refusals_are_one_string() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let mut ws = env.ws().await;
 
     let wrong_secret = walcast::auth::issue_token(b"other", user.id, &user.user_token, 3600);
@@ -102,9 +100,7 @@ async fn auth_refusals_are_one_string() {
 #[tokio::test]
 async fn join_and_chan_in_need_the_connection_token() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
 
     let mut anon = env.ws().await;
     assert_eq!(
@@ -129,9 +125,7 @@ async fn join_and_chan_in_need_the_connection_token() {
 #[tokio::test]
 async fn channel_rules_and_chan_in_errors() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let mut ws = env.ws_as(&user).await;
 
     let long = "x".repeat(257);
@@ -179,9 +173,7 @@ async fn channel_rules_and_chan_in_errors() {
 #[tokio::test]
 async fn chan_out_reaches_members_in_order_with_token_blanked() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let u1 = env.create_user(&app, account, 0).await;
+    let (app, account, u1) = env.app_with_user("acme", 0).await;
     let u2 = env.create_user(&app, account, 0).await;
     let mut a = env.ws_as(&u1).await;
     let mut b = env.ws_as(&u2).await;
@@ -294,9 +286,7 @@ async fn oversize_and_binary_frames_close_the_connection() {
 #[tokio::test]
 async fn channel_limit_per_connection() {
     let env = TestEnv::start_with(|s| s.ws.max_channels = 3).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let mut ws = env.ws_as(&user).await;
     for channel in ["a", "b", "db-c"] {
         ws.join(channel).await;
@@ -332,9 +322,7 @@ async fn connection_limit_global_and_per_app() {
         s.max_connections_per_app = 1;
     })
     .await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let _a = env.ws_as(&user).await;
     let mut second = env.ws().await;
     let refused = second.request("auth", &user.jwt, "").await;
@@ -357,9 +345,7 @@ async fn stalled_client_is_closed_as_slow_consumer_others_keep_receiving() {
         s.ws.rate_per_sec = 0;
     })
     .await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let mut stalled = env.ws_as(&user).await;
     let mut healthy = env.ws_as(&user).await;
     let mut sender = env.ws_as(&user).await;

@@ -118,9 +118,7 @@ async fn publish_refusals_each_get_their_error() {
         s.publish.max_message_bytes = 16;
     })
     .await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     let root = env.create_user(&app, account, 100).await;
     let id = app.id.to_string();
     let ok_body = json!({"app": id, "channel": "news", "data": "x"});
@@ -242,9 +240,7 @@ async fn publish_refusals_each_get_their_error() {
 #[tokio::test]
 async fn walcast_publish_command() {
     let env = TestEnv::start_with(|s| s.publish.key = Some(KEY.into())).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, _, user) = env.app_with_user("acme", 0).await;
     let mut ws = env.ws_as(&user).await;
     ws.join("jobs").await;
 

@@ -72,9 +72,7 @@ async fn rejoin_with_since_replays_exactly_what_was_missed() {
 #[tokio::test]
 async fn resume_survives_a_gateway_restart() {
     let mut env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let a = env.create_account(&app).await;
-    let a1 = env.create_user(&app, a, 0).await;
+    let (app, a, a1) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, "tasks_760_").await;
     let ch = "db-tasks_760_";
 

@@ -173,9 +173,7 @@ async fn slow_consumer_close_leaves_presence() {
         s.ws.rate_per_sec = 0;
     })
     .await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let talker = env.create_user(&app, account, 0).await;
+    let (app, account, talker) = env.app_with_user("acme", 0).await;
     let sleeper = env.create_user(&app, account, 0).await;
     let ch = "presence-busy";
 
@@ -226,9 +224,7 @@ async fn slow_consumer_close_leaves_presence() {
 #[tokio::test]
 async fn history_pages_are_complete_and_in_order() {
     let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     let outsider = env.create_user(&app, account, 0).await;
     let ch = "chat";
 
@@ -308,9 +304,7 @@ async fn history_pages_are_complete_and_in_order() {
 #[tokio::test]
 async fn join_since_on_a_custom_channel_recovers_what_was_missed() {
     let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let reader = env.create_user(&app, account, 0).await;
+    let (app, account, reader) = env.app_with_user("acme", 0).await;
     let writer = env.create_user(&app, account, 0).await;
     let ch = "feed";
 
@@ -372,9 +366,7 @@ async fn since_within_the_history_ttl_recovers_and_past_it_does_not() {
         s.rooms.history.retention.ttl = Duration::from_secs(5);
     })
     .await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let ch = "ticker";
 
     let mut w = env.ws_as(&user).await;
@@ -509,9 +501,7 @@ async fn configured_rules_replace_the_built_in_ones() {
 #[tokio::test]
 async fn room_meta_is_shared_and_sent_to_joiners() {
     let env = TestEnv::start_with(|s| s.rooms.room_meta_max_bytes = 200).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     let bob = env.create_user(&app, account, 0).await;
     let ch = "project_123";
 
@@ -554,9 +544,7 @@ async fn expect_json_reply(ws: &mut Ws, kind: &str, channel: &str) -> Value {
 #[tokio::test]
 async fn destroy_ends_membership() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("acme", 0).await;
     let root = env.create_user(&app, account, 100).await;
     let ch = "presence-standup";
 
@@ -641,9 +629,7 @@ async fn floods_of_history_and_presence_metadata_stay_bounded() {
         s.rooms.presence_max_members = 3;
     })
     .await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("acme", 0).await;
     let hub = std::sync::Arc::clone(&env.gateway.as_ref().unwrap().hub);
 
     let mut ws = env.ws_as(&user).await;
@@ -705,9 +691,7 @@ async fn auth_false_channels_admit_guests_of_the_named_app() {
         "#,
     );
     let env = TestEnv::start_with(move |s| s.rooms.rules = rules).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let root = env.create_user(&app, account, 100).await;
+    let (app, _, root) = env.app_with_user("acme", 100).await;
     let ch = "status";
 
     let mut admin = env.ws_as(&root).await;
@@ -765,9 +749,7 @@ async fn auth_false_channels_admit_guests_of_the_named_app() {
 #[tokio::test]
 async fn sse_members_share_presence_and_history_with_websocket_members() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     let bob = env.create_user(&app, account, 0).await;
     let ch = "presence-mixed";
 

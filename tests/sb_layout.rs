@@ -169,9 +169,13 @@ async fn staticbackends_own_layout_migrate_bench_and_rate_limits() {
     assert!(stderr.contains("--rate-limit"), "{stderr}");
     gateway.shutdown().await;
 
-    // up --database-url on it (port 0, no embedded PostgreSQL).
+    // up --database-url on it (port 0, no embedded PostgreSQL); its window log in a temporary
+    // directory, not the working directory.
+    let data_dir = tempfile::tempdir().unwrap();
     let mut up = Command::new(BIN)
         .args(["up", "--database-url", &url, "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(data_dir.path())
         .env_remove("DATABASE_URL")
         .env_remove("JWT_SECRET")
         .stdin(Stdio::null())

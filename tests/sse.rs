@@ -21,9 +21,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test]
 async fn sse_stream_speaks_the_protocol_with_websocket_members() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     let bob = env.create_user(&app, account, 0).await;
 
     let mut sse = Sse::connect(env.addr, &format!("?sbpk={}", app.id)).await;
@@ -89,9 +87,7 @@ async fn sse_stream_speaks_the_protocol_with_websocket_members() {
 #[tokio::test]
 async fn sse_token_is_the_authenticating_jwt_and_nothing_else() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     let mallory = env.create_user(&app, account, 0).await;
 
     let mut sse = Sse::connect(env.addr, &format!("?sbpk={}", app.id)).await;
@@ -144,9 +140,7 @@ async fn sse_token_is_the_authenticating_jwt_and_nothing_else() {
 #[tokio::test]
 async fn sse_receives_db_events_and_resumes() {
     let env = TestEnv::start().await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     env.create_repo(&app, "tasks_760_").await;
 
     let mut sse = Sse::connect(env.addr, &format!("?sbpk={}", app.id)).await;
@@ -232,9 +226,7 @@ async fn sse_cors_preflight_and_headers() {
 #[tokio::test]
 async fn vanished_sse_client_is_cleaned_up() {
     let env = TestEnv::start_with(|s| s.ws.ping_interval = Duration::from_millis(200)).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     let bob = env.create_user(&app, account, 0).await;
     let gateway = env.gateway.as_ref().unwrap();
 
@@ -298,9 +290,7 @@ async fn sse_streams_end_at_shutdown() {
 async fn stalled_sse_client_is_dropped_as_slow_consumer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::start_with(|s| s.ws.max_outbound_bytes = 256 * 1024).await;
-    let app = env.create_app("acme").await;
-    let account = env.create_account(&app).await;
-    let alice = env.create_user(&app, account, 0).await;
+    let (app, account, alice) = env.app_with_user("acme", 0).await;
     let bob = env.create_user(&app, account, 0).await;
     let gateway = env.gateway.as_ref().unwrap();
 

@@ -218,9 +218,7 @@ fn is_event(message: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_and_plain_members_of_a_channel_get_the_same_messages() {
     let env = TestEnv::start_with(|s| s.ws.compression.mode = CompressionMode::On).await;
-    let app = env.create_app("deflated").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("deflated", 0).await;
     env.create_repo(&app, "notes").await;
 
     let mut plain = env.ws_as(&user).await;
@@ -495,9 +493,7 @@ async fn refused_then_back(env: &mut TestEnv, feed: &mut impl StatusFeed) {
 
 async fn node_reconnects(runtime: &str) {
     let mut env = TestEnv::start().await;
-    let app = env.create_app("nodeapp").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (_, _, user) = env.app_with_user("nodeapp", 0).await;
 
     let mut command = Command::new("node");
     if runtime == "builtin" {
@@ -549,9 +545,7 @@ async fn chromium_negotiates_deflate_and_client_js_reconnects() {
         .await
         .unwrap_or_else(|e| panic!("headless Chromium: {e}"));
     let mut env = TestEnv::start_with(|s| s.ws.compression.mode = CompressionMode::On).await;
-    let app = env.create_app("chromeapp").await;
-    let account = env.create_account(&app).await;
-    let user = env.create_user(&app, account, 0).await;
+    let (app, account, user) = env.app_with_user("chromeapp", 0).await;
     env.create_repo(&app, "notes").await;
     let page = browser
         .open(&format!("http://{}/healthz", env.addr))

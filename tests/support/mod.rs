@@ -150,6 +150,14 @@ impl TestEnv {
         }
     }
 
+    /// A new app `name` with one account and one user of `role` in it.
+    pub async fn app_with_user(&self, name: &str, role: i32) -> (App, Uuid, User) {
+        let app = self.create_app(name).await;
+        let account = self.create_account(&app).await;
+        let user = self.create_user(&app, account, role).await;
+        (app, account, user)
+    }
+
     pub async fn create_repo(&self, app: &App, repo: &str) {
         self.db
             .execute("SELECT sb.walcast_create_repo($1, $2)", &[&app.name, &repo])
