@@ -140,26 +140,11 @@ fn whole(raw: Bytes, compressed: bool, max_message_bytes: usize) -> Result<Inbou
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::wire::tests::client_frame_masked;
 
-    /// A client frame: FIN bit, opcode, masked with a fixed key unless `mask` is false.
+    /// A client frame: FIN bit, opcode (with RSV1 when given), masked unless `mask` is false.
     fn frame(fin: bool, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
-        let mut out = vec![(u8::from(fin) << 7) | opcode];
-        let bit = if mask { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => out.push(bit | n as u8),
-            n => {
-                out.push(bit | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        let key = [0x11, 0x22, 0x33, 0x44];
-        if mask {
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        } else {
-            out.extend_from_slice(payload);
-        }
-        out
+        client_frame_masked((u8::from(fin) << 7) | opcode, payload, mask)
     }
 
     async fn read_all(bytes: Vec<u8>, max: usize) -> (Vec<Inbound>, End) {

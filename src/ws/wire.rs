@@ -148,21 +148,32 @@ pub(crate) mod tests {
 
     /// A client frame as a browser sends it: masked with a fixed key.
     pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+        client_frame_masked(first_byte, payload, true)
+    }
+
+    /// A client frame, masked with a fixed key unless `masked` is false (which a server must
+    /// refuse).
+    pub fn client_frame_masked(first_byte: u8, payload: &[u8], masked: bool) -> Vec<u8> {
         let mut out = vec![first_byte];
+        let bit = if masked { 0x80 } else { 0 };
         match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 126 => out.push(bit | n as u8),
             n if n <= 0xFFFF => {
-                out.push(0x80 | 126);
+                out.push(bit | 126);
                 out.extend_from_slice(&(n as u16).to_be_bytes());
             }
             n => {
-                out.push(0x80 | 127);
+                out.push(bit | 127);
                 out.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        let key = [0x11, 0x22, 0x33, 0x44];
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        if masked {
+            let key = [0x11, 0x22, 0x33, 0x44];
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        } else {
+            out.extend_from_slice(payload);
+        }
         out
     }
 
