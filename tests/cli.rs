@@ -25,7 +25,8 @@ struct Up {
 }
 
 impl Up {
-    /// Runs `walcast up` in `dir` and reads stdout up to "Press Ctrl-C to stop.".
+    /// Runs `walcast up` in `dir` with data directory `dir/data` and reads stdout up to "Press
+    /// Ctrl-C to stop.".
     async fn start(dir: &Path) -> Up {
         Self::start_with_env(dir, &[]).await
     }
@@ -40,7 +41,7 @@ impl Up {
         let mut child = command
             .current_dir(dir)
             .args(["up", "--data-dir"])
-            .arg(dir.join("pgdata"))
+            .arg(dir.join("data"))
             .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -132,11 +133,13 @@ fn empty_dir() -> tempfile::TempDir {
 #[tokio::test]
 async fn up_from_an_empty_directory_serves_the_demo_and_stops_cleanly() {
     let dir = empty_dir();
-    let pgdata = dir.path().join("pgdata");
+    let pgdata = dir.path().join("data").join("postgres");
 
     let up = Up::start(dir.path()).await;
     assert_eq!(up.printed_tokens.len(), 3, "one token per demo user");
     assert!(pgdata.join("postmaster.pid").exists());
+    // The window log beside the cluster, where `serve` keeps it.
+    assert!(dir.path().join("data").join("window").is_dir());
 
     let page = http_get(up.addr, "/").await;
     assert_eq!(page.status, 200);
@@ -236,7 +239,8 @@ async fn up_once(dir: &Path, args: &[&str]) -> (bool, String) {
 #[tokio::test]
 async fn up_ignores_exported_settings_and_says_why_a_second_up_cannot_start() {
     let dir = empty_dir();
-    let pgdata = dir.path().join("pgdata");
+    let data = dir.path().join("data");
+    let pgdata = data.join("postgres");
     // A developer's shell exporting their own app's settings: `up` must not touch that
     // database (it would fail to start here, since nothing listens on port 1).
     let up = Up::start_with_env(
@@ -265,10 +269,10 @@ async fn up_ignores_exported_settings_and_says_why_a_second_up_cannot_start() {
     );
 
     // Second `up` in the same directory: one clear line, not PostgreSQL's log.
-    let pgdata_arg = pgdata.to_str().unwrap();
+    let data_arg = data.to_str().unwrap();
     let (ok, stderr) = up_once(
         dir.path(),
-        &["--data-dir", pgdata_arg, "--listen", "127.0.0.1:0"],
+        &["--data-dir", data_arg, "--listen", "127.0.0.1:0"],
     )
     .await;
     assert!(!ok);
@@ -285,7 +289,7 @@ async fn up_ignores_exported_settings_and_says_why_a_second_up_cannot_start() {
         other.path(),
         &[
             "--data-dir",
-            other.path().join("pgdata").to_str().unwrap(),
+            other.path().join("data").to_str().unwrap(),
             "--listen",
             &taken,
         ],
@@ -294,8 +298,26 @@ async fn up_ignores_exported_settings_and_says_why_a_second_up_cannot_start() {
     assert!(!ok);
     assert!(stderr.contains("--listen"), "{stderr}");
     assert!(stderr.contains(&taken), "{stderr}");
-    assert!(!other.path().join("pgdata").join("PG_VERSION").exists());
+    assert!(!other.path().join("data").join("postgres").exists());
 
     drop(ws);
+    assert_eq!(up.interrupt(&pgdata).await, Some(0));
+}
+
+#[tokio::test]
+async fn up_starts_in_a_data_directory_serve_has_used() {
+    let dir = empty_dir();
+    // What `walcast serve` leaves in its data directory: a window log, no PostgreSQL.
+    let log = dir.path().join("data").join("window").join("1-app-walcast");
+    std::fs::create_dir_all(&log).unwrap();
+    std::fs::write(log.join("0000000000000001.seg"), b"kept").unwrap();
+
+    let up = Up::start(dir.path()).await;
+    let pgdata = dir.path().join("data").join("postgres");
+    assert!(pgdata.join("PG_VERSION").exists());
+    assert_eq!(
+        std::fs::read(log.join("0000000000000001.seg")).unwrap(),
+        b"kept"
+    );
     assert_eq!(up.interrupt(&pgdata).await, Some(0));
 }

@@ -1,15 +1,20 @@
 //! `walcast up`: a private PostgreSQL (reused across runs), the demo app, the gateway.
+//!
+//! `--data-dir` is walcast's data directory, as for `serve`: the window log under `window/`.
+//! `up` keeps its PostgreSQL beside it, under `postgres/`, so a directory `serve` has used
+//! takes a PostgreSQL too, and removing one never removes the other.
 
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use walcast::config::{ServeArgs, DEFAULT_LISTEN};
 use walcast::gateway::Gateway;
 use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
-    /// Where the embedded PostgreSQL keeps its data (reused on the next run).
+    /// walcast's data directory, as for `serve` (the window log, under `window/`); the embedded
+    /// PostgreSQL keeps its data under `postgres/` in it (reused on the next run).
     #[arg(long, env = "WALCAST_DATA_DIR", default_value = "walcast-data")]
     pub data_dir: PathBuf,
     /// Use this PostgreSQL instead of starting one. Only this flag selects an outside database:
@@ -39,8 +44,9 @@ pub async fn run(args: UpArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("invalid --listen address `{}`", args.listen))?;
     let data_dir = std::path::absolute(&args.data_dir).context("resolving --data-dir")?;
+    let postgres_dir = postgres_dir(&data_dir);
     if args.database_url.is_none() {
-        if let Some(running) = already_running(&data_dir) {
+        if let Some(running) = already_running(&data_dir, &postgres_dir) {
             anyhow::bail!("{running}");
         }
     }
@@ -59,14 +65,14 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let database_url = match args.database_url.clone() {
         Some(url) => url,
         None => {
-            let fresh = !data_dir.join("PG_VERSION").exists();
+            let fresh = !postgres_dir.join("PG_VERSION").exists();
             eprint!(
                 "{} PostgreSQL in {} ",
                 if fresh { "Initialising" } else { "Starting" },
-                data_dir.display()
+                postgres_dir.display()
             );
             let started = with_progress(EmbeddedPostgres::start(EmbeddedOptions {
-                data_dir: Some(data_dir.clone()),
+                data_dir: Some(postgres_dir.clone()),
                 ..EmbeddedOptions::default()
             }))
             .await
@@ -89,7 +95,7 @@ pub async fn run(args: UpArgs) -> Result<()> {
         database_url: Some(database_url),
         listen: Some(args.listen.clone()),
         jwt_secret: Some(args.jwt_secret.clone()),
-        // The window log sits beside the embedded cluster's files, under `window/`.
+        // The window log goes under `window/`, beside the embedded cluster's `postgres/`.
         data_dir: Some(args.data_dir.clone()),
         ..ServeArgs::default()
     }
@@ -156,7 +162,7 @@ struct PidFile(PathBuf);
 const PID_FILE: &str = "walcast-up.pid";
 
 impl PidFile {
-    fn create(data_dir: &std::path::Path) -> Option<PidFile> {
+    fn create(data_dir: &Path) -> Option<PidFile> {
         let path = data_dir.join(PID_FILE);
         std::fs::write(&path, format!("{}\n", std::process::id())).ok()?;
         Some(PidFile(path))
@@ -169,21 +175,32 @@ impl Drop for PidFile {
     }
 }
 
-/// Who already runs in `data_dir`: a live `walcast up`, or a live PostgreSQL on that data
-/// directory (`postmaster.pid`, e.g. left by an `up` killed with -9).
-fn already_running(data_dir: &std::path::Path) -> Option<String> {
-    let pid_in = |file: &str| -> Option<i32> {
-        let text = std::fs::read_to_string(data_dir.join(file)).ok()?;
+/// Where the embedded PostgreSQL lives in `data_dir`: `postgres/`, except in a directory made
+/// by an earlier walcast, which kept the cluster at its top (`PG_VERSION` there) and keeps it.
+fn postgres_dir(data_dir: &Path) -> PathBuf {
+    if data_dir.join("PG_VERSION").exists() {
+        data_dir.to_path_buf()
+    } else {
+        data_dir.join("postgres")
+    }
+}
+
+/// Who already runs in `data_dir`: a live `walcast up`, or a live PostgreSQL on its cluster
+/// (`postmaster.pid` in `postgres_dir`, e.g. left by an `up` killed with -9).
+fn already_running(data_dir: &Path, postgres_dir: &Path) -> Option<String> {
+    let pid_in = |file: PathBuf| -> Option<i32> {
+        let text = std::fs::read_to_string(file).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         (pid > 0 && pid as u32 != std::process::id() && is_alive(pid)).then_some(pid)
     };
-    let dir = data_dir.display();
-    if let Some(pid) = pid_in(PID_FILE) {
+    if let Some(pid) = pid_in(data_dir.join(PID_FILE)) {
         return Some(format!(
-            "walcast up is already running (PID {pid}) in {dir}: stop it first (Ctrl-C in its terminal), or use another --data-dir"
+            "walcast up is already running (PID {pid}) in {}: stop it first (Ctrl-C in its terminal), or use another --data-dir",
+            data_dir.display()
         ));
     }
-    pid_in("postmaster.pid").map(|pid| {
+    pid_in(postgres_dir.join("postmaster.pid")).map(|pid| {
+        let dir = postgres_dir.display();
         format!(
             "PostgreSQL is already running (PID {pid}) on {dir}, without its walcast up: stop it with `pg_ctl stop -D {dir}`, or use another --data-dir"
         )
