@@ -76,6 +76,16 @@ impl Tail {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
+    /// The next line, asserted to be about document `id` of `app`'s `repo`.
+    async fn expect_line(&mut self, app: &str, repo: &str, id: uuid::Uuid) -> Value {
+        let line = self.line().await;
+        assert_eq!(
+            (&line["app"], &line["repo"], &line["id"]),
+            (&json!(app), &json!(repo), &json!(id.to_string()))
+        );
+        line
+    }
+
     fn pid(&self) -> u32 {
         self.child.id().expect("tail is running")
     }
@@ -260,33 +270,9 @@ async fn tail_filters_by_app_and_repo() {
     assert_ne!(acme_task, beta_task);
 
     // Tasks were written first: the first lines being notes shows they were filtered out.
-    let line = only_notes.line().await;
-    assert_eq!(
-        (&line["app"], &line["repo"], &line["id"]),
-        (
-            &json!("acme"),
-            &json!("notes"),
-            &json!(acme_note.to_string())
-        )
-    );
-    let line = only_notes.line().await;
-    assert_eq!(
-        (&line["app"], &line["repo"], &line["id"]),
-        (
-            &json!("beta"),
-            &json!("notes"),
-            &json!(beta_note.to_string())
-        )
-    );
-    let line = beta_notes.line().await;
-    assert_eq!(
-        (&line["app"], &line["repo"], &line["id"]),
-        (
-            &json!("beta"),
-            &json!("notes"),
-            &json!(beta_note.to_string())
-        )
-    );
+    only_notes.expect_line("acme", "notes", acme_note).await;
+    only_notes.expect_line("beta", "notes", beta_note).await;
+    let line = beta_notes.expect_line("beta", "notes", beta_note).await;
     assert_eq!(line["document"]["k"], "beta note");
 
     assert_eq!(only_notes.signal("TERM").await, Some(0));
