@@ -1,6 +1,7 @@
 //! `walcast up` from an empty directory: embedded PostgreSQL initialised, demo app, gateway, a
 //! todo created over the demo API arrives live on a WebSocket; Ctrl-C stops everything, the
-//! embedded PostgreSQL included; a second run reuses the data directory.
+//! embedded PostgreSQL included; a second run reuses the data directory, as does a run on a
+//! directory `serve` has used or one an earlier `up` kept its cluster at the top of.
 
 use crate::support::*;
 use serde_json::{json, Value};
@@ -11,6 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
+use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 /// initdb on a loaded machine takes a while; still bounded.
@@ -320,4 +322,53 @@ async fn up_starts_in_a_data_directory_serve_has_used() {
         b"kept"
     );
     assert_eq!(up.interrupt(&pgdata).await, Some(0));
+}
+
+#[tokio::test]
+async fn up_keeps_using_a_data_directory_with_the_cluster_at_its_top() {
+    let dir = empty_dir();
+    let data = dir.path().join("data");
+    // What an earlier `up` left: the cluster directly in the data directory, a mark in it.
+    let earlier = EmbeddedPostgres::start(EmbeddedOptions {
+        data_dir: Some(data.clone()),
+        ..EmbeddedOptions::default()
+    })
+    .await
+    .expect("start the earlier cluster");
+    connect(&earlier.url("postgres"))
+        .await
+        .batch_execute("CREATE TABLE made_earlier (id int)")
+        .await
+        .unwrap();
+    earlier.stop().await.unwrap();
+
+    let up = Up::start(dir.path()).await;
+    assert!(
+        data.join("postmaster.pid").exists(),
+        "the earlier cluster runs"
+    );
+    assert!(
+        !data.join("postgres").exists(),
+        "no second cluster beside it"
+    );
+    let tables = connect(&format!(
+        "postgres://postgres@127.0.0.1:{}/postgres",
+        postmaster_port(&data)
+    ))
+    .await
+    .query(
+        "SELECT 1 FROM pg_tables WHERE tablename = 'made_earlier'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(tables.len(), 1);
+    assert_eq!(up.interrupt(&data).await, Some(0));
+    assert!(!data.join("postmaster.pid").exists());
+}
+
+/// The port a running cluster in `pgdata` listens on (line 4 of `postmaster.pid`).
+fn postmaster_port(pgdata: &Path) -> u16 {
+    let pid_file = std::fs::read_to_string(pgdata.join("postmaster.pid")).unwrap();
+    pid_file.lines().nth(3).unwrap().trim().parse().unwrap()
 }
