@@ -1,12 +1,9 @@
 //! `walcast bench` at toy size: it starts its own PostgreSQL and a gateway child process, and its
 //! JSON report accounts for every delivery.
 
+use crate::support::walcast_command;
 use serde_json::Value;
-use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
-
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 
 #[tokio::test]
 async fn channel_scenario_reports_json() {
@@ -41,8 +38,7 @@ async fn channel_scenario_over_tls_with_compression() {
 async fn channel_run(extra: &[&str]) -> Value {
     // The gateway child inherits it: its window log goes there, not into the working directory.
     let data_dir = tempfile::tempdir().unwrap();
-    let run = Command::new(BIN)
-        .args(["bench", "--scenario", "channel", "--connections", "10"])
+    let run = walcast_command(["bench", "--scenario", "channel", "--connections", "10"])
         .args(extra)
         .args([
             "--rate",
@@ -53,11 +49,7 @@ async fn channel_run(extra: &[&str]) -> Value {
             "60",
             "--json",
         ])
-        .env_remove("DATABASE_URL")
-        .env_remove("JWT_SECRET")
         .env("WALCAST_DATA_DIR", data_dir.path())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .output();
     // Bounded (initdb on a loaded machine is slow), never a timing assertion.
     let out = tokio::time::timeout(Duration::from_secs(180), run)

@@ -11,10 +11,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::process::{Child, ChildStdout};
 use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
 
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 /// initdb on a loaded machine takes a while; still bounded.
 const START_WAIT: Duration = Duration::from_secs(120);
 
@@ -35,20 +34,16 @@ impl Up {
 
     /// [`Up::start`] with extra environment variables.
     async fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Up {
-        let mut command = Command::new(BIN);
-        command.env_remove("DATABASE_URL").env_remove("JWT_SECRET");
-        for (name, value) in env {
-            command.env(name, value);
-        }
+        let mut command = walcast_command(["up"]);
+        // After the isolation: these are what the test means the developer exported.
+        command.envs(env.iter().copied());
         let mut child = command
             .current_dir(dir)
-            .args(["up", "--data-dir"])
+            .arg("--data-dir")
             .arg(dir.join("data"))
             .args(["--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn walcast up");
         let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -217,16 +212,12 @@ async fn up_from_an_empty_directory_serves_the_demo_and_stops_cleanly() {
 async fn up_once(dir: &Path, args: &[&str]) -> (bool, String) {
     let out = tokio::time::timeout(
         START_WAIT,
-        Command::new(BIN)
+        walcast_command(["up"])
             .current_dir(dir)
-            .arg("up")
             .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("JWT_SECRET")
             // As a user sees it: no backtrace under the message.
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
-            .stdin(Stdio::null())
             .output(),
     )
     .await

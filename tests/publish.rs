@@ -6,7 +6,6 @@ use crate::support::*;
 use serde_json::{json, Value};
 
 const KEY: &str = "publish-key-for-tests";
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 
 async fn publish(env: &TestEnv, bearer: &str, body: Value) -> HttpResponse {
     let auth = format!("Bearer {bearer}");
@@ -245,15 +244,12 @@ async fn walcast_publish_command() {
     ws.join("jobs").await;
 
     let run = |args: Vec<String>, key: &str| {
-        let mut command = tokio::process::Command::new(BIN);
-        command
-            .arg("publish")
+        walcast_command(["publish"])
             .args(args)
             .env("WALCAST_URL", format!("http://{}", env.addr))
             .env("WALCAST_APP", app.id.to_string())
             .env("WALCAST_PUBLISH_KEY", key)
-            .kill_on_drop(true);
-        command.output()
+            .output()
     };
     let args = |data: &str, key: Option<&str>| {
         let mut args = vec![

@@ -7,12 +7,9 @@ use crate::support::*;
 use serde_json::Value;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::Command;
 use walcast::config::Settings;
 use walcast::gateway::Gateway;
 use walcast_replication::embedded::{EmbeddedOptions, EmbeddedPostgres};
-
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
 
 /// StaticBackend's own bootstrap and one tenant, as its PostgreSQL data store creates them.
 const STATICBACKEND_OWN: &str = r#"
@@ -58,19 +55,10 @@ INSERT INTO sb.apps (customer_id, name, is_active, monthly_email_sent, created)
 "#;
 
 async fn walcast(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(180),
-        Command::new(BIN)
-            .args(args)
-            .env_remove("DATABASE_URL")
-            .env_remove("JWT_SECRET")
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("walcast finished")
-    .expect("walcast ran");
+    let out = tokio::time::timeout(Duration::from_secs(180), walcast_command(args).output())
+        .await
+        .expect("walcast finished")
+        .expect("walcast ran");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -172,16 +160,11 @@ async fn staticbackends_own_layout_migrate_bench_and_rate_limits() {
     // up --database-url on it (port 0, no embedded PostgreSQL); its window log in a temporary
     // directory, not the working directory.
     let data_dir = tempfile::tempdir().unwrap();
-    let mut up = Command::new(BIN)
-        .args(["up", "--database-url", &url, "--listen", "127.0.0.1:0"])
+    let mut up = walcast_command(["up", "--database-url", &url, "--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir.path())
-        .env_remove("DATABASE_URL")
-        .env_remove("JWT_SECRET")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     use tokio::io::AsyncBufReadExt;

@@ -7,8 +7,6 @@ use walcast::config::Settings;
 use walcast::db::Database;
 use walcast::gateway::{prepare, Gateway, GatewayError, Prepared};
 
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
-
 async fn slots(env: &TestEnv) -> Vec<String> {
     env.db
         .query(
@@ -139,13 +137,7 @@ async fn connection_errors_name_the_address_not_the_password() {
             "/nonexistent/pgsocket/.s.PGSQL.5999".to_owned(),
         ),
     ] {
-        let out = tokio::process::Command::new(BIN)
-            .args(&args)
-            .env_remove("DATABASE_URL")
-            .env_remove("JWT_SECRET")
-            .output()
-            .await
-            .unwrap();
+        let out = walcast_command(&args).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr.contains(&expected), "{args:?}: {stderr}");

@@ -9,8 +9,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader, Lines};
 use tokio::process::{Child, Command};
 use walcast_replication::Lsn;
 
-const BIN: &str = env!("CARGO_BIN_EXE_walcast");
-
 /// Next line of a child's output, bounded by [`WAIT`]; `None` at end of output.
 async fn next_line<R: AsyncRead + Unpin>(lines: &mut Lines<BufReader<R>>) -> Option<String> {
     tokio::time::timeout(WAIT, lines.next_line())
@@ -48,14 +46,10 @@ struct Tail {
 
 impl Tail {
     async fn spawn(url: &str, args: &[&str]) -> Tail {
-        let mut child = Command::new(BIN)
-            .arg("tail")
-            .args(["--database-url", url])
+        let mut child = walcast_command(["tail", "--database-url", url])
             .args(args)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn walcast tail");
         let stderr = BufReader::new(child.stderr.take().unwrap()).lines();

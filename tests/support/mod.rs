@@ -9,6 +9,8 @@ pub mod nats;
 pub mod serve;
 pub mod sse;
 
+pub use serve::{walcast_command, BIN};
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! `walcast serve` as a child process, for tests that kill it, measure it or flood it.
+//! `walcast` as a child process: any command isolated from the developer's environment, and
+//! `walcast serve` for tests that kill it, measure it or flood it.
 
 use super::{http_get, SECRET};
 use std::net::SocketAddr;
@@ -7,6 +8,24 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_walcast");
+
+/// `walcast` with `args` as a child of the test: without the developer's `DATABASE_URL` and
+/// `JWT_SECRET` (a test passes what it means), stdin closed, killed when dropped. Its output is
+/// the caller's choice.
+pub fn walcast_command<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("JWT_SECRET")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    command
+}
 
 /// A loopback address nothing listens on right now.
 pub fn free_addr() -> SocketAddr {
@@ -19,12 +38,9 @@ pub fn free_addr() -> SocketAddr {
 /// Spawns `walcast serve` on `url` at `addr` with slot `slot` and `extra` flags; killed on drop.
 /// Logs only `level` and above, to stderr.
 pub fn spawn(url: &str, addr: SocketAddr, slot: &str, extra: &[&str], level: &str) -> Child {
-    Command::new(BIN)
-        .args(["serve", "--database-url", url, "--jwt-secret", SECRET])
+    walcast_command(["serve", "--database-url", url, "--jwt-secret", SECRET])
         .args(["--listen", &addr.to_string(), "--slot", slot])
         .args(extra)
-        .env_remove("DATABASE_URL")
-        .env_remove("JWT_SECRET")
         .env("WALCAST_LOG", level)
         // walcast's own state (the resume window log) outside the source tree; kept per
         // server, database and slot below it, so a restarted gateway finds its own.
@@ -32,10 +48,8 @@ pub fn spawn(url: &str, addr: SocketAddr, slot: &str, extra: &[&str], level: &st
             "WALCAST_DATA_DIR",
             std::env::temp_dir().join("walcast-test-serve"),
         )
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn walcast serve")
 }
