@@ -173,8 +173,7 @@ async fn slow_consumer_close_leaves_presence() {
         s.ws.rate_per_sec = 0;
     })
     .await;
-    let (app, account, talker) = env.app_with_user("acme", 0).await;
-    let sleeper = env.create_user(&app, account, 0).await;
+    let (_, _, [talker, sleeper]) = env.app_with_users("acme", 0).await;
     let ch = "presence-busy";
 
     let mut t = env.ws_as(&talker).await;
@@ -224,8 +223,7 @@ async fn slow_consumer_close_leaves_presence() {
 #[tokio::test]
 async fn history_pages_are_complete_and_in_order() {
     let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;
-    let (app, account, user) = env.app_with_user("acme", 0).await;
-    let outsider = env.create_user(&app, account, 0).await;
+    let (_, _, [user, outsider]) = env.app_with_users("acme", 0).await;
     let ch = "chat";
 
     let mut ws = env.ws_as(&user).await;
@@ -304,8 +302,7 @@ async fn history_pages_are_complete_and_in_order() {
 #[tokio::test]
 async fn join_since_on_a_custom_channel_recovers_what_was_missed() {
     let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;
-    let (app, account, reader) = env.app_with_user("acme", 0).await;
-    let writer = env.create_user(&app, account, 0).await;
+    let (_, _, [reader, writer]) = env.app_with_users("acme", 0).await;
     let ch = "feed";
 
     let mut r = env.ws_as(&reader).await;
@@ -501,8 +498,7 @@ async fn configured_rules_replace_the_built_in_ones() {
 #[tokio::test]
 async fn room_meta_is_shared_and_sent_to_joiners() {
     let env = TestEnv::start_with(|s| s.rooms.room_meta_max_bytes = 200).await;
-    let (app, account, alice) = env.app_with_user("acme", 0).await;
-    let bob = env.create_user(&app, account, 0).await;
+    let (_, _, [alice, bob]) = env.app_with_users("acme", 0).await;
     let ch = "project_123";
 
     let mut a = env.ws_as(&alice).await;
@@ -749,8 +745,7 @@ async fn auth_false_channels_admit_guests_of_the_named_app() {
 #[tokio::test]
 async fn sse_members_share_presence_and_history_with_websocket_members() {
     let env = TestEnv::start().await;
-    let (app, account, alice) = env.app_with_user("acme", 0).await;
-    let bob = env.create_user(&app, account, 0).await;
+    let (app, _, [alice, bob]) = env.app_with_users("acme", 0).await;
     let ch = "presence-mixed";
 
     let mut ws = env.ws_as(&alice).await;

@@ -21,8 +21,7 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test]
 async fn sse_stream_speaks_the_protocol_with_websocket_members() {
     let env = TestEnv::start().await;
-    let (app, account, alice) = env.app_with_user("acme", 0).await;
-    let bob = env.create_user(&app, account, 0).await;
+    let (app, _, [alice, bob]) = env.app_with_users("acme", 0).await;
 
     let mut sse = Sse::connect(env.addr, &format!("?sbpk={}", app.id)).await;
     assert_eq!(
@@ -87,8 +86,7 @@ async fn sse_stream_speaks_the_protocol_with_websocket_members() {
 #[tokio::test]
 async fn sse_token_is_the_authenticating_jwt_and_nothing_else() {
     let env = TestEnv::start().await;
-    let (app, account, alice) = env.app_with_user("acme", 0).await;
-    let mallory = env.create_user(&app, account, 0).await;
+    let (app, _, [alice, mallory]) = env.app_with_users("acme", 0).await;
 
     let mut sse = Sse::connect(env.addr, &format!("?sbpk={}", app.id)).await;
     let bad = sse.request("auth", "not-a-jwt", "").await;
@@ -226,8 +224,7 @@ async fn sse_cors_preflight_and_headers() {
 #[tokio::test]
 async fn vanished_sse_client_is_cleaned_up() {
     let env = TestEnv::start_with(|s| s.ws.ping_interval = Duration::from_millis(200)).await;
-    let (app, account, alice) = env.app_with_user("acme", 0).await;
-    let bob = env.create_user(&app, account, 0).await;
+    let (app, _, [alice, bob]) = env.app_with_users("acme", 0).await;
     let gateway = env.gateway.as_ref().unwrap();
 
     let mut sse = Sse::connect(env.addr, &format!("?sbpk={}", app.id)).await;
@@ -290,8 +287,7 @@ async fn sse_streams_end_at_shutdown() {
 async fn stalled_sse_client_is_dropped_as_slow_consumer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let env = TestEnv::start_with(|s| s.ws.max_outbound_bytes = 256 * 1024).await;
-    let (app, account, alice) = env.app_with_user("acme", 0).await;
-    let bob = env.create_user(&app, account, 0).await;
+    let (app, _, [alice, bob]) = env.app_with_users("acme", 0).await;
     let gateway = env.gateway.as_ref().unwrap();
 
     // A stream read up to its `init`, then never again.

@@ -45,8 +45,7 @@ struct Scene {
 impl Scene {
     async fn start() -> Scene {
         let env = TestEnv::start().await;
-        let (app, account, alice) = env.app_with_user("acme", 0).await;
-        let bob_user = env.create_user(&app, account, 0).await;
+        let (app, account, [alice, bob_user]) = env.app_with_users("acme", 0).await;
         env.create_repo(&app, REPO).await;
         let mut bob = env.ws_as(&bob_user).await;
         bob.join(ROOM).await;

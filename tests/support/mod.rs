@@ -154,10 +154,26 @@ impl TestEnv {
 
     /// A new app `name` with one account and one user of `role` in it.
     pub async fn app_with_user(&self, name: &str, role: i32) -> (App, Uuid, User) {
+        let (app, account, [user]) = self.app_with_users(name, role).await;
+        (app, account, user)
+    }
+
+    /// A new app `name` with one account and `N` users of `role` in it.
+    pub async fn app_with_users<const N: usize>(
+        &self,
+        name: &str,
+        role: i32,
+    ) -> (App, Uuid, [User; N]) {
         let app = self.create_app(name).await;
         let account = self.create_account(&app).await;
-        let user = self.create_user(&app, account, role).await;
-        (app, account, user)
+        let mut users = Vec::with_capacity(N);
+        for _ in 0..N {
+            users.push(self.create_user(&app, account, role).await);
+        }
+        let users = users
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("N users made"));
+        (app, account, users)
     }
 
     pub async fn create_repo(&self, app: &App, repo: &str) {
