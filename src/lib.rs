@@ -1,8 +1,9 @@
 //! walcast: PostgreSQL logical replication → permission-filtered WebSocket events, over the
 //! StaticBackend realtime protocol.
 //!
-//! Data path (dependencies point one way, `a → b` meaning a uses b: `ws → hub → event →
-//! permission`, `event → replication`, and `ws`, `hub` → `protocol` → `permission`):
+//! Data path (`a → b` meaning a uses b: `ws → hub → event → permission`, `event → replication`,
+//! and `ws`, `hub` → `protocol` → `permission`, `event`, `livequery`; `livequery` is the one
+//! module used both ways, see docs/ARCHITECTURE.md):
 //!
 //! ```text
 //! PostgreSQL WAL

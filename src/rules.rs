@@ -1,4 +1,4 @@
-//! Per-channel access rules for custom channels ([ext]): who may join, write, read history and
+//! Per-channel access rules for custom channels (\[ext\]): who may join, write, read history and
 //! presence, set room metadata; whether presence and history are kept. Read from the config
 //! file's `[[channel]]` tables; the first rule whose pattern matches a channel name decides.
 //!

@@ -11,7 +11,7 @@ use crate::livequery::{Filter, FilterError};
 use walcast_replication::Lsn;
 
 /// Where a `join` resumes: an event position (or bare LSN) on a database channel, a history
-/// offset on a custom one ([ext]). An unreadable one is [`Lsn::ZERO`] / offset 0, which nothing
+/// offset on a custom one (\[ext\]). An unreadable one is [`Lsn::ZERO`] / offset 0, which nothing
 /// holds, so the client is told to reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Since {
@@ -34,7 +34,7 @@ pub enum Request {
     Join(JoinRequest),
     /// `leave`: any name; leaving a channel one is not in is answered like any other leave.
     Leave { token: String, channel: String },
-    /// `chan_in`: publish `data` to a custom channel. [ext] `idempotency_key`: a retry with
+    /// `chan_in`: publish `data` to a custom channel. \[ext\] `idempotency_key`: a retry with
     /// the same key within the window is answered `ok` and not delivered again.
     ChanIn {
         token: String,
@@ -42,24 +42,24 @@ pub enum Request {
         data: String,
         idempotency_key: Option<String>,
     },
-    /// `presence` [ext]: the members of the custom channel named in `channel`.
+    /// `presence` \[ext\]: the members of the custom channel named in `channel`.
     Presence {
         token: String,
         channel: Result<Channel, ChannelError>,
     },
-    /// `history` [ext]: a page of the custom channel's history; `data` is the query.
+    /// `history` \[ext\]: a page of the custom channel's history; `data` is the query.
     History {
         token: String,
         channel: Result<Channel, ChannelError>,
         query: Result<HistoryQuery, InvalidHistoryQuery>,
     },
-    /// `room_meta` [ext]: empty `data` reads the room's metadata, else sets it to `data` (JSON).
+    /// `room_meta` \[ext\]: empty `data` reads the room's metadata, else sets it to `data` (JSON).
     RoomMeta {
         token: String,
         channel: Result<Channel, ChannelError>,
         data: String,
     },
-    /// `destroy` [ext]: ends the custom channel; its members get `destroyed`.
+    /// `destroy` \[ext\]: ends the custom channel; its members get `destroyed`.
     Destroy {
         token: String,
         channel: Result<Channel, ChannelError>,
@@ -75,11 +75,11 @@ pub struct JoinRequest {
     /// The resume point (PROTOCOL.md §8): an event position or a bare LSN on a database
     /// channel, an offset on a custom one.
     pub since: Option<Since>,
-    /// [ext] `"snapshot": true`: the readable rows first, then live changes.
+    /// \[ext\] `"snapshot": true`: the readable rows first, then live changes.
     pub snapshot: bool,
-    /// [ext] A subscription filter, parsed here; its refusal is kept, like the channel's.
+    /// \[ext\] A subscription filter, parsed here; its refusal is kept, like the channel's.
     pub filter: Option<Result<Filter, FilterError>>,
-    /// [ext] The JSON text of the member's presence metadata.
+    /// \[ext\] The JSON text of the member's presence metadata.
     pub meta: Option<String>,
 }
 
