@@ -341,27 +341,52 @@ pub(crate) fn replication_config(settings: &Settings) -> ReplicationConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prepared {
     Complete,
-    /// The role may not create event triggers: tables created later keep their replica
-    /// identity and deletes there reach root users only (fail closed).
+    /// The role may not apply the preparation (a plain replication user), but the DDL event
+    /// trigger is in place (`walcast migrate` ran as a superuser): tables created later are
+    /// prepared by it, existing ones were when `migrate` ran.
+    ByMigrate,
+    /// The role may not create event triggers and none is installed: tables created later keep
+    /// their replica identity and deletes there reach root users only (fail closed).
     WithoutEventTrigger,
 }
 
 /// The gateway's own schema objects (replica identity of repos, the DDL event trigger), under
-/// the same advisory lock as `walcast migrate`.
+/// the same advisory lock as `walcast migrate`. Every node of a cluster runs it at start.
 pub async fn prepare(db: &Database) -> Result<Prepared, DbError> {
     let client = db.client().await?;
-    match crate::schema::apply(&client, crate::schema::WALCAST).await {
-        Ok(()) => Ok(Prepared::Complete),
+    let error = match crate::schema::apply(&client, crate::schema::WALCAST).await {
+        Ok(()) => return Ok(Prepared::Complete),
         Err(DbError::Query(error))
             if error.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
         {
-            tracing::warn!(
-                error = &error as &dyn std::error::Error,
-                "could not install the walcast event trigger; run `walcast migrate` as a superuser"
-            );
-            Ok(Prepared::WithoutEventTrigger)
+            error
         }
-        Err(error) => Err(error),
+        Err(error) => return Err(error),
+    };
+    // The whole script was rolled back; what matters is whether the trigger exists already.
+    let installed: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger \
+             WHERE evtname = 'walcast_prepare_repos' AND evtenabled <> 'D')",
+            &[],
+        )
+        .await?
+        .get(0);
+    if installed {
+        tracing::info!(
+            error = &error as &dyn std::error::Error,
+            "this role may not apply walcast's database preparation; using what `walcast migrate` \
+             installed (the event trigger prepares new document tables)"
+        );
+        Ok(Prepared::ByMigrate)
+    } else {
+        tracing::warn!(
+            error = &error as &dyn std::error::Error,
+            "this role may not apply walcast's database preparation and no event trigger is \
+             installed: document tables created from now on keep their default replica identity \
+             (their deletes reach root users only); run `walcast migrate` as a superuser"
+        );
+        Ok(Prepared::WithoutEventTrigger)
     }
 }
 

@@ -78,6 +78,24 @@ async fn concurrent_starts_prepare_under_one_lock() {
     }
 }
 
+/// The documented set-up: `walcast migrate` as a superuser, the gateway as a plain replication
+/// user. The gateway may not re-apply the preparation; it says whether the trigger covers it.
+#[tokio::test]
+async fn a_plain_role_relies_on_the_trigger_migrate_installed() {
+    let env = TestEnv::database_only().await;
+    env.sql("CREATE ROLE plain LOGIN REPLICATION").await;
+    let dbname = env.url.rsplit('/').next().unwrap();
+    let url = format!(
+        "postgres://plain@127.0.0.1:{}/{dbname}",
+        env.postgres.port()
+    );
+    let prepared = prepare(&Database::new(url.clone())).await.expect("prepare");
+    assert_eq!(prepared, Prepared::ByMigrate);
+    env.sql("DROP EVENT TRIGGER walcast_prepare_repos").await;
+    let prepared = prepare(&Database::new(url)).await.expect("prepare");
+    assert_eq!(prepared, Prepared::WithoutEventTrigger);
+}
+
 #[tokio::test]
 async fn refused_credentials_stop_the_gateway_with_the_cause() {
     let mut env = TestEnv::start().await;
