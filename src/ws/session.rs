@@ -286,13 +286,15 @@ impl Session {
         channel: Result<Channel, ChannelError>,
     ) -> Option<(Arc<Subscriber>, Channel)> {
         let subscriber = self.check_token(token)?;
-        match channel {
-            Ok(channel) => Some((subscriber, channel)),
-            Err(refused) => {
-                self.error(refused.message());
-                None
-            }
-        }
+        let channel = self.valid_channel(channel)?;
+        Some((subscriber, channel))
+    }
+
+    /// The channel named in a request, or its refusal (`invalid channel name`, ...) sent.
+    fn valid_channel(&self, channel: Result<Channel, ChannelError>) -> Option<Channel> {
+        channel
+            .inspect_err(|refused| self.error(refused.message()))
+            .ok()
     }
 
     /// Like [`Session::check_token`], but a connection that has not authenticated, sends no
@@ -367,12 +369,8 @@ impl Session {
         let Some(subscriber) = self.caller(&token, &channel).await else {
             return;
         };
-        let channel = match channel {
-            Ok(channel) => channel,
-            Err(refused) => {
-                self.error(refused.message());
-                return;
-            }
+        let Some(channel) = self.valid_channel(channel) else {
+            return;
         };
         if subscriber.guest && matches!(channel.kind(), ChannelKind::Db { .. }) {
             self.error("invalid token");

@@ -25,13 +25,7 @@ impl Session {
 
     /// `db` is the refusal for a database channel (rooms are custom channels).
     fn room_channel(&self, channel: Result<Channel, ChannelError>, db: Denied) -> Option<Channel> {
-        let channel = match channel {
-            Ok(channel) => channel,
-            Err(refused) => {
-                self.error(refused.message());
-                return None;
-            }
-        };
+        let channel = self.valid_channel(channel)?;
         if let ChannelKind::Db { .. } = channel.kind() {
             self.error(db.message());
             return None;
