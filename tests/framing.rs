@@ -18,36 +18,33 @@ async fn fragmentation_violations_close_1002() {
     let env = TestEnv::start().await;
     let (head, tail) = ECHO.split_at(10);
 
-    // A final text frame in the middle of a fragmented message.
-    let mut ws = raw_ws(env.addr).await;
-    send(
-        &mut ws,
-        &[
-            client_frame(false, 0x1, head, true),
-            client_frame(true, 0x1, ECHO, true),
-            client_frame(true, 0x0, tail, true),
-        ],
-    )
-    .await;
-    assert_eq!(raw_close(&mut ws).await.0, 1002);
-
-    // A new non-final text frame while one is pending.
-    let mut ws = raw_ws(env.addr).await;
-    send(
-        &mut ws,
-        &[
-            client_frame(false, 0x1, head, true),
-            client_frame(false, 0x1, head, true),
-            client_frame(true, 0x0, tail, true),
-        ],
-    )
-    .await;
-    assert_eq!(raw_close(&mut ws).await.0, 1002);
-
-    // A continuation with nothing to continue.
-    let mut ws = raw_ws(env.addr).await;
-    send(&mut ws, &[client_frame(true, 0x0, ECHO, true)]).await;
-    assert_eq!(raw_close(&mut ws).await.0, 1002);
+    let violations = [
+        (
+            "a final text frame in the middle of a fragmented message",
+            vec![
+                client_frame(false, 0x1, head, true),
+                client_frame(true, 0x1, ECHO, true),
+                client_frame(true, 0x0, tail, true),
+            ],
+        ),
+        (
+            "a new non-final text frame while one is pending",
+            vec![
+                client_frame(false, 0x1, head, true),
+                client_frame(false, 0x1, head, true),
+                client_frame(true, 0x0, tail, true),
+            ],
+        ),
+        (
+            "a continuation with nothing to continue",
+            vec![client_frame(true, 0x0, ECHO, true)],
+        ),
+    ];
+    for (case, frames) in violations {
+        let mut ws = raw_ws(env.addr).await;
+        send(&mut ws, &frames).await;
+        assert_eq!(raw_close(&mut ws).await.0, 1002, "{case}");
+    }
 
     // A well-formed fragmented message, with a ping between its fragments, is answered.
     let (mut ws, sid) = raw_ws_sid(env.addr).await;
