@@ -19,6 +19,14 @@ fn join_frame(ws: &Ws, channel: &str, extra: Value) -> String {
     msg.to_string()
 }
 
+/// Sends `join` with `extra` keys and asserts the reply is `joined`.
+async fn join_with(ws: &mut Ws, channel: &str, extra: Value) {
+    let frame = join_frame(ws, channel, extra);
+    ws.send_text(frame).await;
+    let reply = ws.recv().await;
+    assert_eq!(reply["type"], "joined", "{reply}");
+}
+
 /// What a client holds: documents by id, built from snapshot pages and events applied in
 /// order. Every inconsistency (a created id already held, an update or delete of an id not
 /// held, a page after the end) is an error: that is how a duplicate or a gap shows.
@@ -281,9 +289,7 @@ async fn fifty_snapshot_members_under_concurrent_writes_converge_exactly() {
         if !filter.is_null() {
             extra["filter"] = filter.clone();
         }
-        ws.send_text(join_frame(&ws, &channel, extra)).await;
-        let joined = ws.recv().await;
-        assert_eq!(joined["type"], "joined", "{joined}");
+        join_with(&mut ws, &channel, extra).await;
         let viewer = Viewer {
             user: user.id,
             account: user.account,
@@ -346,10 +352,7 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
 
     let ch = "db-tasks_760_";
     let mut member = env.ws_as(&a1).await;
-    member
-        .send_text(join_frame(&member, ch, json!({"snapshot": true})))
-        .await;
-    assert_eq!(member.recv().await["type"], "joined");
+    join_with(&mut member, ch, json!({"snapshot": true})).await;
     let mut replica = Replica::default();
     while !replica.ended {
         let msg = member.recv().await;
@@ -379,34 +382,24 @@ async fn snapshot_pages_then_end_then_live_with_permissions() {
         .await;
 
     let mut r = env.ws_as(&root).await;
-    r.send_text(join_frame(
-        &r,
+    join_with(
+        &mut r,
         ch,
         json!({"snapshot": true, "filter": [["n", "lt", 3]]}),
-    ))
+    )
     .await;
-    assert_eq!(r.recv().await["type"], "joined");
     let replica = read_snapshot(&mut r, ch).await;
     assert_eq!(replica.docs.len(), 6, "root: n < 3 of both accounts");
 
     // pub_ repos: everyone reads every row.
     let mut p = env.ws_as(&a1).await;
-    p.send_text(join_frame(&p, "db-pub_board", json!({"snapshot": true})))
-        .await;
-    assert_eq!(p.recv().await["type"], "joined");
+    join_with(&mut p, "db-pub_board", json!({"snapshot": true})).await;
     let replica = read_snapshot(&mut p, "db-pub_board").await;
     assert_eq!(replica.docs.len(), 1);
 
     // A repo that does not exist yet: an empty snapshot, then its events once it exists.
     let mut early = env.ws_as(&a1).await;
-    early
-        .send_text(join_frame(
-            &early,
-            "db-later_760_",
-            json!({"snapshot": true}),
-        ))
-        .await;
-    assert_eq!(early.recv().await["type"], "joined");
+    join_with(&mut early, "db-later_760_", json!({"snapshot": true})).await;
     let replica = read_snapshot(&mut early, "db-later_760_").await;
     assert!(replica.docs.is_empty());
 }
@@ -416,13 +409,12 @@ async fn filter_moves_in_and_out_and_filtered_deletes() {
     let (env, app, a, a1) = one_account(TestEnv::start().await).await;
     let ch = "db-tasks_760_";
     let mut open = env.ws_as(&a1).await;
-    open.send_text(join_frame(
-        &open,
+    join_with(
+        &mut open,
         ch,
         json!({"filter": [["status", "eq", "open"], ["meta.rank", "gte", 2]]}),
-    ))
+    )
     .await;
-    assert_eq!(open.recv().await["type"], "joined");
     let mut all = env.ws_as(&a1).await;
     all.join(ch).await;
 
@@ -472,13 +464,12 @@ async fn filter_moves_in_and_out_and_filtered_deletes() {
     }
 
     // A new join replaces the filter (one membership, one copy of each event).
-    open.send_text(join_frame(
-        &open,
+    join_with(
+        &mut open,
         ch,
         json!({"filter": [["status", "eq", "closed"]]}),
-    ))
+    )
     .await;
-    assert_eq!(open.recv().await["type"], "joined");
     task(&env, &app, a, json!({"status": "open"})).await;
     let z = task(&env, &app, a, json!({"status": "closed"})).await;
     open.expect_id("db_created", ch, z, "the new filter, once")
@@ -494,10 +485,7 @@ async fn resume_with_a_filter_replays_only_matching_changes() {
     let ch = "db-tasks_760_";
     let filter = json!([["status", "eq", "open"]]);
     let mut first = env.ws_as(&a1).await;
-    first
-        .send_text(join_frame(&first, ch, json!({"filter": filter})))
-        .await;
-    assert_eq!(first.recv().await["type"], "joined");
+    join_with(&mut first, ch, json!({"filter": filter})).await;
     let kept = task(&env, &app, a, json!({"status": "open"})).await;
     let since = first.recv().await["lsn"].as_str().unwrap().to_owned();
     drop(first);
@@ -528,13 +516,7 @@ async fn every_bad_filter_gets_its_error_and_nothing_changes() {
     let (env, app, a, a1) = one_account(TestEnv::start().await).await;
     let ch = "db-tasks_760_";
     let mut ws = env.ws_as(&a1).await;
-    ws.send_text(join_frame(
-        &ws,
-        ch,
-        json!({"filter": [["status", "eq", "open"]]}),
-    ))
-    .await;
-    assert_eq!(ws.recv().await["type"], "joined");
+    join_with(&mut ws, ch, json!({"filter": [["status", "eq", "open"]]})).await;
 
     let many: Vec<i32> = (0..101).collect();
     let cases = [
@@ -588,9 +570,7 @@ async fn snapshot_over_the_row_limit_is_refused_without_reading_the_rows() {
 
     let ch = "db-tasks_760_";
     let mut ws = env.ws_as(&a1).await;
-    ws.send_text(join_frame(&ws, ch, json!({"snapshot": true})))
-        .await;
-    assert_eq!(ws.recv().await["type"], "joined");
+    join_with(&mut ws, ch, json!({"snapshot": true})).await;
     let refused = ws.recv().await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(
@@ -610,13 +590,12 @@ async fn snapshot_over_the_row_limit_is_refused_without_reading_the_rows() {
     assert!((1..=6).contains(&scanned), "rows scanned: {scanned}");
 
     // Within the limit (a filter) it is served; the refused member was not left in the channel.
-    ws.send_text(join_frame(
-        &ws,
+    join_with(
+        &mut ws,
         ch,
         json!({"snapshot": true, "filter": [["n", "lte", 5]]}),
-    ))
+    )
     .await;
-    assert_eq!(ws.recv().await["type"], "joined");
     let replica = read_snapshot(&mut ws, ch).await;
     assert_eq!(replica.docs.len(), 5);
 }
