@@ -2,7 +2,7 @@
 //! dispatch of a transaction, and resume replay to one member.
 
 use super::dbindex::DbChannel;
-use super::{read, ConnId, Delivery, Hub, Subscriber};
+use super::{read, ConnId, Delivery, Hub, Subscriber, Wakes};
 use crate::event::{CommittedEvents, DocumentChange, DocumentEvent, EventKind, Position};
 use crate::livequery::{EventFilters, Filter, Sight};
 use crate::permission::{may_read, ReadLevel, Reader, RowAccess};
@@ -28,7 +28,7 @@ struct Frames<'a> {
     event: &'a DocumentEvent,
     channel: &'a str,
     lsn: &'a str,
-    pos: String,
+    pos: Position,
     encoded: [Option<Outgoing>; 3],
 }
 
@@ -38,24 +38,24 @@ impl<'a> Frames<'a> {
             event,
             channel,
             lsn,
-            pos: pos.to_string(),
+            pos,
             encoded: Default::default(),
         }
     }
 
-    fn build(channel: &str, lsn: &str, pos: &str, kind: EventKind, data: &str) -> Outgoing {
+    fn build(channel: &str, lsn: &str, pos: Position, kind: EventKind, data: &str) -> Outgoing {
         Outgoing::shared(frame::text(&encode(&Envelope {
             kind: kind.as_str(),
             data,
             channel,
             lsn: Some(lsn),
-            pos: Some(pos),
+            pos: Some(&pos.to_string()),
             ..Envelope::default()
         })))
     }
 
     fn get(&mut self, kind: EventKind) -> Outgoing {
-        let (event, channel, lsn, pos) = (self.event, self.channel, self.lsn, &self.pos);
+        let (event, channel, lsn, pos) = (self.event, self.channel, self.lsn, self.pos);
         self.encoded[kind.index()]
             .get_or_insert_with(|| match (kind, event.change.document()) {
                 (EventKind::Created | EventKind::Updated, Some(document)) => {
@@ -70,10 +70,6 @@ impl<'a> Frames<'a> {
             })
             .clone()
     }
-}
-
-fn send(delivery: &mut Delivery, sub: &Arc<Subscriber>, frame: Outgoing) {
-    delivery.record(sub.outbox.push(frame));
 }
 
 /// The one rule of PROTOCOL.md §4 for one reader and one change: which event, if any, the reader
@@ -159,6 +155,19 @@ impl Hub {
         recovery: bool,
         at: std::time::SystemTime,
     ) -> DispatchStats {
+        self.dispatch_held(tx, recovery, at, &mut Wakes::default())
+    }
+
+    /// [`Hub::dispatch`] leaving the writers of the outboxes it pushed to asleep until `wakes`
+    /// is flushed: one wake per subscriber per batch of transactions, not per event. The
+    /// caller flushes before waiting for anything.
+    pub fn dispatch_held(
+        &self,
+        tx: Arc<CommittedEvents>,
+        recovery: bool,
+        at: std::time::SystemTime,
+        wakes: &mut Wakes,
+    ) -> DispatchStats {
         let mut stats = DispatchStats {
             events: tx.events.len(),
             ..DispatchStats::default()
@@ -183,7 +192,7 @@ impl Hub {
                 }
                 let sight = sight_of(index, sub.conn, &mut filters);
                 if let Some(kind) = decide(index.level, &sub.reader, &event.change, sight) {
-                    send(&mut delivery, sub, frames.get(kind));
+                    delivery.record(wakes.push(&sub.outbox, frames.get(kind)));
                 }
             }
             stats.filter_evaluations += filters.evaluations();
@@ -388,6 +397,80 @@ mod tests {
                     assert_eq!(got, want, "{repo} {change:?} conn {}", sub.conn);
                 }
             }
+        }
+    }
+
+    /// A batch of transactions held in one `Wakes`: each reached subscriber is registered for
+    /// one wake however many events it got, and finds them in commit order.
+    #[test]
+    fn held_dispatch_wakes_each_subscriber_once_in_order() {
+        let hub = Hub::default();
+        let account = Some(Uuid::from_u128(1));
+        let subs: Vec<_> = (0..3u64)
+            .map(|conn| {
+                let sub = Arc::new(Subscriber {
+                    conn,
+                    reader: Arc::new(Reader {
+                        app: "app".into(),
+                        user_id: Uuid::from_u128(100 + u128::from(conn)),
+                        account_id: account,
+                        role: 0,
+                    }),
+                    outbox: Arc::new(Outbox::new(1 << 20)),
+                    guest: false,
+                });
+                let channel = Channel::parse("db-r_760_").unwrap();
+                hub.join(&sub, &channel, None, None, |_| {
+                    bytes::Bytes::from_static(b"j")
+                })
+                .unwrap();
+                let mut batch = Vec::new();
+                let _ = sub.outbox.next_batch(&mut batch).now_or_never();
+                sub
+            })
+            .collect();
+        let row = RowAccess {
+            account_id: account,
+            owner_id: None,
+        };
+        let event = |id: &str| DocumentEvent {
+            app: "app".into(),
+            repo: "r_760_".into(),
+            id: id.into(),
+            change: DocumentChange::Created {
+                row,
+                document: format!(r#"{{"id":"{id}"}}"#),
+            },
+        };
+        let mut wakes = Wakes::default();
+        for (commit, ids) in [(1, ["a", "b"]), (3, ["c", "d"])] {
+            let tx = Arc::new(CommittedEvents {
+                xid: 0,
+                commit_lsn: Lsn(commit),
+                end_lsn: Lsn(commit + 1),
+                commit_time: SystemTime::UNIX_EPOCH,
+                events: ids.into_iter().map(event).collect(),
+            });
+            let stats = hub.dispatch_held(tx, false, SystemTime::UNIX_EPOCH, &mut wakes);
+            assert_eq!(stats.delivered, 6);
+        }
+        assert_eq!(wakes.len(), subs.len());
+        wakes.flush();
+        for sub in &subs {
+            let mut batch = Vec::new();
+            assert_eq!(sub.outbox.next_batch(&mut batch).now_or_never(), Some(None));
+            let ids: Vec<String> = batch
+                .iter()
+                .map(|f| {
+                    let text = String::from_utf8_lossy(f.frame()).into_owned();
+                    ["a", "b", "c", "d"]
+                        .into_iter()
+                        .find(|id| text.contains(&format!(r#"\"id\":\"{id}\""#)))
+                        .unwrap_or("?")
+                        .to_owned()
+                })
+                .collect();
+            assert_eq!(ids, ["a", "b", "c", "d"], "conn {}", sub.conn);
         }
     }
 }

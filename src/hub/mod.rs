@@ -6,7 +6,9 @@
 //! transaction's frames are pushed, and the transaction added to the resume history, under one
 //! read lock of the db index, so no join/leave and no other transaction interleaves with it, and
 //! per-subscriber order is commit order. A join's reply and its resume replay are pushed under
-//! the write lock, before any live event can reach the new member.
+//! the write lock, before any live event can reach the new member. Dispatch may leave writers
+//! asleep until a batch of transactions is pushed ([`Wakes`]): that moves when a writer looks,
+//! never what order it finds.
 
 mod channel_history;
 mod dbindex;
@@ -22,7 +24,7 @@ pub use channel_history::{
 };
 pub use dispatch::DispatchStats;
 pub use history::WindowConfig;
-pub use outbox::{Outbox, Push};
+pub use outbox::{Outbox, Push, Wakes};
 pub use presence::{Member, MemoryPresence, PresenceStore};
 pub use rooms::{Actor, RoomConfig, RoomError, RoomJoin, Rooms};
 pub use snapshot::{SnapshotOverrun, RECENT_TRANSACTIONS};

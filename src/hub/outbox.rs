@@ -4,7 +4,7 @@
 use crate::protocol::{CloseReason, Outgoing};
 use bytes::Bytes;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,9 @@ struct State {
     frames: VecDeque<Outgoing>,
     bytes: usize,
     closing: Option<CloseReason>,
+    /// Frames were queued without waking the writer; a [`Wakes`] holds this outbox and wakes
+    /// it once.
+    unwoken: bool,
 }
 
 /// One connection's outbound queue, bounded in bytes. Producers (hub, session) never wait on
@@ -54,28 +57,38 @@ impl Outbox {
     }
 
     pub fn push(&self, frame: impl Into<Outgoing>) -> Push {
-        let frame = frame.into();
-        let outcome = {
-            let mut state = self.lock();
-            if state.closing.is_some() {
-                return Push::Closed;
-            }
-            if state.bytes + frame.len() > self.limit {
-                state.frames.clear();
-                state.bytes = 0;
-                state.closing = Some(CloseReason::SlowConsumer);
-                Push::Overflow
-            } else {
-                state.bytes += frame.len();
-                state.frames.push_back(frame);
-                Push::Queued
-            }
-        };
+        let (outcome, _) = self.queue(frame.into(), false);
         self.wake.notify_one();
         if outcome == Push::Overflow {
             self.closed.notify_waiters();
         }
         outcome
+    }
+
+    /// Queues `frame` under the lock. `hold`: leave the writer asleep and mark the outbox
+    /// unwoken; the second value says whether it was not marked yet (the caller must wake it).
+    fn queue(&self, frame: Outgoing, hold: bool) -> (Push, bool) {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return (Push::Closed, false);
+        }
+        if state.bytes + frame.len() > self.limit {
+            state.frames.clear();
+            state.bytes = 0;
+            state.closing = Some(CloseReason::SlowConsumer);
+            return (Push::Overflow, false);
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        let first = hold && !state.unwoken;
+        state.unwoken |= hold;
+        (Push::Queued, first)
+    }
+
+    /// Wakes the writer for frames queued through a [`Wakes`].
+    fn wake_held(&self) {
+        self.lock().unwoken = false;
+        self.wake.notify_one();
     }
 
     /// Control frames (pong, ping) are tiny and must not be refused for a full data queue.
@@ -175,9 +188,57 @@ impl Outbox {
     }
 }
 
+/// Outboxes given frames without waking their writers, each woken once by [`Wakes::flush`] (or
+/// on drop): a producer pushing a batch of events to many connections wakes each writer once
+/// per batch instead of once per frame, so the writer finds the batch's frames together and
+/// sends them in one write. Per-outbox order is push order, as with [`Outbox::push`]; a push
+/// that overflows the bound closes the connection at once, as there.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    pending: Vec<Arc<Outbox>>,
+}
+
+impl Wakes {
+    pub fn push(&mut self, outbox: &Arc<Outbox>, frame: impl Into<Outgoing>) -> Push {
+        let (outcome, first) = outbox.queue(frame.into(), true);
+        match outcome {
+            Push::Queued if first => self.pending.push(Arc::clone(outbox)),
+            Push::Overflow => {
+                outbox.wake.notify_one();
+                outbox.closed.notify_waiters();
+            }
+            Push::Queued | Push::Closed => {}
+        }
+        outcome
+    }
+
+    /// Outboxes waiting for their wake.
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Wakes every outbox pushed to since the last flush, once each.
+    pub fn flush(&mut self) {
+        for outbox in self.pending.drain(..) {
+            outbox.wake_held();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[tokio::test]
     async fn batches_and_bounds() {
@@ -240,5 +301,109 @@ mod tests {
         tokio::task::yield_now().await;
         outbox.push(Bytes::from_static(b"x"));
         assert_eq!(writer.await.unwrap(), [Bytes::from_static(b"x")]);
+    }
+
+    /// A held push leaves a waiting writer asleep until the flush; each outbox is registered
+    /// once however many frames it got, and its writer finds them in push order.
+    #[tokio::test]
+    async fn held_pushes_wake_once_at_flush() {
+        let a = Arc::new(Outbox::new(100));
+        let b = Arc::new(Outbox::new(100));
+        let writer = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                a.next_batch(&mut batch).await;
+                batch
+            })
+        };
+        tokio::task::yield_now().await;
+        let mut wakes = Wakes::default();
+        assert_eq!(wakes.push(&a, Bytes::from_static(b"1")), Push::Queued);
+        assert_eq!(wakes.push(&b, Bytes::from_static(b"x")), Push::Queued);
+        assert_eq!(wakes.push(&a, Bytes::from_static(b"2")), Push::Queued);
+        assert_eq!(wakes.len(), 2);
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!writer.is_finished(), "woken before the flush");
+        wakes.flush();
+        assert!(wakes.is_empty());
+        assert_eq!(
+            writer.await.unwrap(),
+            [Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+        );
+        let mut batch = Vec::new();
+        assert_eq!(b.next_batch(&mut batch).now_or_never(), Some(None));
+        assert_eq!(batch, [Bytes::from_static(b"x")]);
+        // Flushed: the next held push registers the outbox again.
+        assert_eq!(wakes.push(&a, Bytes::from_static(b"3")), Push::Queued);
+        assert_eq!(wakes.len(), 1);
+    }
+
+    /// Dropping the wakes wakes what they hold: no frame is left with a sleeping writer.
+    #[tokio::test]
+    async fn dropped_wakes_wake() {
+        let a = Arc::new(Outbox::new(100));
+        let writer = {
+            let a = Arc::clone(&a);
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                a.next_batch(&mut batch).await;
+                batch
+            })
+        };
+        tokio::task::yield_now().await;
+        {
+            let mut wakes = Wakes::default();
+            wakes.push(&a, Bytes::from_static(b"1"));
+            wakes.push(&a, Bytes::from_static(b"2"));
+        }
+        assert_eq!(
+            writer.await.unwrap(),
+            [Bytes::from_static(b"1"), Bytes::from_static(b"2")]
+        );
+    }
+
+    /// The byte bound holds for held pushes: the overflowing push closes the connection at
+    /// once (reader and writer woken, queue dropped), later pushes are refused.
+    #[tokio::test]
+    async fn held_push_overflow_closes_at_once() {
+        let a = Arc::new(Outbox::new(10));
+        let mut wakes = Wakes::default();
+        assert_eq!(wakes.push(&a, Bytes::from_static(b"123456")), Push::Queued);
+        assert_eq!(
+            wakes.push(&a, Bytes::from_static(b"123456")),
+            Push::Overflow
+        );
+        assert_eq!(wakes.push(&a, Bytes::from_static(b"1")), Push::Closed);
+        a.closing().now_or_never().expect("reader woken");
+        let mut batch = Vec::new();
+        assert_eq!(
+            a.next_batch(&mut batch).now_or_never(),
+            Some(Some(CloseReason::SlowConsumer))
+        );
+        assert!(batch.is_empty());
+    }
+
+    /// A plain push between held ones wakes the writer for everything queued so far, in order.
+    #[tokio::test]
+    async fn plain_push_keeps_order_with_held_ones() {
+        let a = Arc::new(Outbox::new(100));
+        let mut wakes = Wakes::default();
+        wakes.push(&a, Bytes::from_static(b"1"));
+        a.push(Bytes::from_static(b"2"));
+        wakes.push(&a, Bytes::from_static(b"3"));
+        let mut batch = Vec::new();
+        assert_eq!(a.next_batch(&mut batch).now_or_never(), Some(None));
+        assert_eq!(
+            batch,
+            [
+                Bytes::from_static(b"1"),
+                Bytes::from_static(b"2"),
+                Bytes::from_static(b"3")
+            ]
+        );
+        wakes.flush();
     }
 }

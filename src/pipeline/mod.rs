@@ -9,22 +9,41 @@
 //!   window log). At start both are the log's tail.
 //! - Idle keepalive positions reach the slot through the log too ([`Entry::Covered`]): a slot
 //!   found ahead of the log at start then always means entries were lost.
+//! - Live delivery comes before the log append, and a batch of transactions that were ready
+//!   together is dispatched before any of its subscribers' writers is woken (once each).
+//!
+//! [`Pipeline`] keeps the stream running (reconnecting with backoff) and moves each batch of
+//! ready transactions through [`live::Live`] (dispatch) and then [`window::Window`] (the log);
+//! [`report::Reporter`] turns positions into figures.
+//!
+//! [`Entry::Covered`]: crate::journal::Entry::Covered
+
+mod live;
+mod report;
+mod window;
 
 use crate::config::Settings;
-use crate::event::{Assembler, Position};
+use crate::event::{Assembler, CommittedEvents};
 use crate::gateway::{replication_config, GatewayError};
-use crate::hub::{Hub, Rooms};
-use crate::journal::{Entry, JournalError, LogStats, SegmentLog, WindowLog};
-use crate::telemetry::{LagFigures, Telemetry};
+use crate::hub::{Hub, Rooms, Wakes};
+use crate::journal::{LogStats, SegmentLog, WindowLog};
+use crate::telemetry::Telemetry;
+use futures_util::FutureExt;
+use live::Live;
+use report::Reporter;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use walcast_replication::{
-    Lsn, ProgressHandle, ReplicationError, ReplicationStream, SystemIdentity,
-};
+use walcast_replication::{Lsn, ReplicationError, ReplicationStream, SystemIdentity, Transaction};
+use window::Window;
+
+/// Transactions ready together are taken from the stream as one batch, up to this many changes
+/// (each counted as at least one; a bigger transaction goes alone): their subscribers' writers are woken after the whole
+/// batch, once each. Bounded so that the first transaction's delivery never waits for much.
+const READY_CHANGES: usize = 64;
 
 /// What `/readyz` shows besides readiness.
 #[derive(Debug, Default)]
@@ -61,17 +80,10 @@ pub fn log_dir(settings: &Settings, identity: &SystemIdentity) -> PathBuf {
 
 pub struct Pipeline {
     settings: Settings,
-    hub: Arc<Hub>,
-    telemetry: Telemetry,
-    status: Arc<Status>,
-    log: Option<Arc<dyn WindowLog>>,
     assembler: Assembler,
-    /// Transactions ending up to here were committed before this process started: they go to
-    /// resuming members only.
-    recovery_end: Lsn,
-    dispatched: Lsn,
-    logged: Lsn,
-    last_commit: Option<SystemTime>,
+    live: Live,
+    window: Window,
+    reporter: Reporter,
 }
 
 /// The pipeline's starting state: the opened log (if resume is on) and the hub rebuilt from it.
@@ -124,20 +136,17 @@ impl Pipeline {
         telemetry: Telemetry,
         status: Arc<Status>,
     ) -> Pipeline {
-        if let (Some(log), Ok(mut slot)) = (&opened.log, status.log.lock()) {
-            *slot = Some(log.stats());
-        }
         Pipeline {
             settings,
-            hub: Arc::clone(&opened.hub),
-            telemetry,
-            status,
-            log: opened.log.clone(),
             assembler: Assembler::new(),
-            recovery_end,
-            dispatched: opened.tail,
-            logged: opened.tail,
-            last_commit: None,
+            live: Live::new(
+                Arc::clone(&opened.hub),
+                telemetry.clone(),
+                recovery_end,
+                opened.tail,
+            ),
+            window: Window::new(opened),
+            reporter: Reporter::new(opened, telemetry, status),
         }
     }
 
@@ -153,17 +162,17 @@ impl Pipeline {
     ) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            self.status.streaming.store(true, Ordering::Release);
+            self.reporter.streaming(true);
             let outcome = self.stream(&mut stream, &stop, &mut backoff).await;
-            self.status.streaming.store(false, Ordering::Release);
-            record_assembler(&self.telemetry, &mut self.assembler);
+            self.reporter.streaming(false);
+            self.reporter.assembler(&mut self.assembler);
             match outcome {
                 Outcome::Stopped => {
                     self.finish(stream).await;
                     return;
                 }
                 Outcome::Fatal(error) => {
-                    self.close_log(None).await;
+                    self.window.close(None).await;
                     let _ = fatal.send(error);
                     return;
                 }
@@ -173,7 +182,7 @@ impl Pipeline {
             stream = loop {
                 tokio::select! {
                     _ = stop.cancelled() => {
-                        self.close_log(None).await;
+                        self.window.close(None).await;
                         return;
                     }
                     _ = tokio::time::sleep(backoff) => {}
@@ -186,7 +195,7 @@ impl Pipeline {
                             error = &error as &dyn std::error::Error,
                             "replication cannot restart"
                         );
-                        self.close_log(None).await;
+                        self.window.close(None).await;
                         let _ = fatal.send(error);
                         return;
                     }
@@ -204,18 +213,9 @@ impl Pipeline {
         let stream = ReplicationStream::start(replication_config(&self.settings))
             .await
             .map_err(GatewayError::Replication)?;
-        // A log whose writer failed is reopened; what it lost is appended again from what the
-        // slot re-sends (it was never confirmed).
-        if self
-            .log
-            .as_ref()
-            .is_some_and(|log| log.durable().has_changed().is_err())
-        {
-            self.log = None;
-            let opened = open(&self.settings, &stream).await?;
-            self.logged = opened.tail;
-            self.log = opened.log;
-        }
+        self.window
+            .reopen_if_failed(&self.settings, &stream)
+            .await?;
         tracing::info!(start = %stream.start_lsn(), "replication resumed");
         Ok(stream)
     }
@@ -228,38 +228,43 @@ impl Pipeline {
     ) -> Outcome {
         let confirmer = stream.confirmer();
         let progress = stream.progress();
-        let (mut durable, log_open) = match &self.log {
-            Some(log) => (log.durable(), true),
+        let (mut durable, log_open) = match self.window.durable() {
+            Some(durable) => (durable, true),
             None => (watch::channel(Lsn::ZERO).1, false),
         };
         if log_open {
             confirmer.confirm(*durable.borrow_and_update());
         }
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        // What the stream returned after a batch it ended: handled before waiting again.
+        let mut carried = None;
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = stop.cancelled() => return Outcome::Stopped,
-                changed = durable.changed(), if log_open => {
-                    if changed.is_err() {
-                        tracing::error!("window log stopped; reconnecting");
-                        return Outcome::Failed;
+            let next = match carried.take() {
+                Some(next) => next,
+                None => tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return Outcome::Stopped,
+                    changed = durable.changed(), if log_open => {
+                        if changed.is_err() {
+                            tracing::error!("window log stopped; reconnecting");
+                            return Outcome::Failed;
+                        }
+                        confirmer.confirm(*durable.borrow_and_update());
+                        continue;
                     }
-                    confirmer.confirm(*durable.borrow_and_update());
-                    continue;
-                }
-                _ = progress.idle_changed() => {
-                    if let Err(error) = self.covered(progress.idle_position()).await {
-                        tracing::error!(error = &error as &dyn std::error::Error, "window log append failed");
-                        return Outcome::Failed;
+                    _ = progress.idle_changed() => {
+                        if let Err(error) = self.window.covered(progress.idle_position()).await {
+                            tracing::error!(error = &error as &dyn std::error::Error, "window log append failed");
+                            return Outcome::Failed;
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                _ = ticker.tick() => {
-                    self.report(&progress);
-                    continue;
-                }
-                next = stream.recv() => next,
+                    _ = ticker.tick() => {
+                        self.reporter.tick(&progress, &self.live, &self.window, &mut self.assembler);
+                        continue;
+                    }
+                    next = stream.recv() => next,
+                },
             };
             let tx = match next {
                 Some(Ok(tx)) => tx,
@@ -282,64 +287,70 @@ impl Pipeline {
                     return Outcome::Failed;
                 }
             };
-            if tx.end_lsn <= self.dispatched && tx.end_lsn <= self.logged {
-                continue;
-            }
-            let events = Arc::new(self.assembler.assemble(&tx));
-            let at = SystemTime::now();
-            if tx.end_lsn > self.dispatched {
-                let stats =
-                    self.hub
-                        .dispatch(Arc::clone(&events), tx.end_lsn <= self.recovery_end, at);
-                self.telemetry.transaction_in(stats.events);
-                self.telemetry.delivered(stats.delivered);
-                self.telemetry
-                    .drop_reason("slow_consumer", stats.slow_consumers);
-                self.telemetry.drop_reason("fail_closed", stats.fail_closed);
-                self.dispatched = tx.end_lsn;
-                self.last_commit = Some(tx.commit_time);
-            }
-            match &self.log {
-                Some(log) if tx.end_lsn > self.logged => {
-                    if let Err(error) = log.append(Entry::Transaction { tx: events, at }).await {
-                        tracing::error!(
-                            error = &error as &dyn std::error::Error,
-                            "window log append failed"
-                        );
-                        return Outcome::Failed;
+            let mut changes = tx.changes.len().max(1);
+            let mut ready = vec![tx];
+            while changes < READY_CHANGES {
+                // `recv` is cancel-safe: polled once, nothing is lost when it is not ready.
+                match stream.recv().now_or_never() {
+                    Some(Some(Ok(tx))) => {
+                        changes += tx.changes.len().max(1);
+                        ready.push(tx);
                     }
-                    self.logged = tx.end_lsn;
+                    Some(other) => {
+                        carried = Some(other);
+                        break;
+                    }
+                    None => break,
                 }
-                Some(_) => {}
-                None => confirmer.confirm(tx.end_lsn),
+            }
+            let accepted = self.dispatch(ready);
+            for (events, end, at) in accepted {
+                if !self.window.is_open() {
+                    confirmer.confirm(end);
+                } else if let Err(error) = self.window.append(events, end, at).await {
+                    tracing::error!(
+                        error = &error as &dyn std::error::Error,
+                        "window log append failed"
+                    );
+                    return Outcome::Failed;
+                }
             }
             *backoff = Duration::from_millis(200);
         }
     }
 
-    /// The slot may move to an idle position once the log records it (resume on), or at once.
-    async fn covered(&mut self, idle: Lsn) -> Result<(), JournalError> {
-        match &self.log {
-            Some(log) if idle > self.logged => {
-                log.append(Entry::Covered(idle)).await?;
-                self.logged = idle;
-                Ok(())
+    /// Dispatches the new transactions of a ready batch, then wakes the writers they reached;
+    /// returns what the log (or, with resume off, the slot) must take next, in commit order.
+    fn dispatch(&mut self, ready: Vec<Transaction>) -> Vec<Accepted> {
+        let mut wakes = Wakes::default();
+        let mut accepted = Vec::with_capacity(ready.len());
+        for tx in ready {
+            if !self.live.wants(tx.end_lsn) && !self.window.wants(tx.end_lsn) {
+                continue;
             }
-            _ => Ok(()),
+            let events = Arc::new(self.assembler.assemble(&tx));
+            let at = SystemTime::now();
+            if self.live.wants(tx.end_lsn) {
+                self.live
+                    .dispatch(&events, tx.end_lsn, tx.commit_time, at, &mut wakes);
+            }
+            accepted.push((events, tx.end_lsn, at));
         }
+        wakes.flush();
+        accepted
     }
 
     /// Ordered end: the log durable and closed, the slot confirmed up to it, the stream ended.
     async fn finish(mut self, stream: ReplicationStream) {
         let confirmer = stream.confirmer();
         let idle = stream.progress().idle_position();
-        if let Err(error) = self.covered(idle).await {
+        if let Err(error) = self.window.covered(idle).await {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
                 "window log append failed"
             );
         }
-        self.close_log(Some(&confirmer)).await;
+        self.window.close(Some(&confirmer)).await;
         if let Err(error) = stream.stop().await {
             tracing::warn!(
                 error = &error as &dyn std::error::Error,
@@ -347,61 +358,10 @@ impl Pipeline {
             );
         }
     }
-
-    async fn close_log(&mut self, confirmer: Option<&walcast_replication::Confirmer>) {
-        let Some(log) = self.log.take() else { return };
-        match log.close().await {
-            Ok(durable) => {
-                if let Some(confirmer) = confirmer {
-                    confirmer.confirm(durable);
-                }
-                tracing::info!(%durable, "window log closed");
-            }
-            Err(error) => tracing::warn!(
-                error = &error as &dyn std::error::Error,
-                "window log close failed"
-            ),
-        }
-    }
-
-    fn report(&mut self, progress: &ProgressHandle) {
-        record_assembler(&self.telemetry, &mut self.assembler);
-        let now = SystemTime::now();
-        let (held_bytes, oldest_held) = self.hub.expire_history(now);
-        let log = self.log.as_ref().map(|log| {
-            log.expire(now);
-            log.stats()
-        });
-        let server_end = progress.server_wal_end();
-        // Received but not dispatched, and not yet received: everything the server has past
-        // the last dispatched transaction, unless the stream was idle there.
-        let dispatched = self.dispatched.max(progress.idle_position());
-        let lag_bytes = server_end.0.saturating_sub(dispatched.0);
-        let lag_seconds = match self.last_commit {
-            Some(at) if lag_bytes > 0 => now
-                .duration_since(at)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0),
-            _ => 0.0,
-        };
-        let confirmed = progress.confirmed();
-        self.telemetry.replication(LagFigures {
-            lag_bytes,
-            lag_seconds,
-            confirmed,
-            slot_retained_bytes: server_end.0.saturating_sub(confirmed.0),
-            window_bytes: held_bytes as u64,
-            window_oldest: oldest_held.map(|p: Position| p.commit),
-        });
-        if let Some(stats) = &log {
-            self.telemetry.window_log(stats);
-        }
-        if let Ok(mut slot) = self.status.log.lock() {
-            *slot = log;
-        }
-        self.telemetry.channels(self.hub.channel_count());
-    }
 }
+
+/// A transaction taken from the stream: its events, end LSN and when it entered the window.
+type Accepted = (Arc<CommittedEvents>, Lsn, SystemTime);
 
 enum Outcome {
     Stopped,
@@ -409,11 +369,4 @@ enum Outcome {
     Failed,
     /// Retrying cannot help (credentials, privileges, slot removed…).
     Fatal(ReplicationError),
-}
-
-fn record_assembler(telemetry: &Telemetry, assembler: &mut Assembler) {
-    let stats = std::mem::take(&mut assembler.stats);
-    telemetry.drop_reason("invalid_row", stats.invalid_rows as usize);
-    telemetry.drop_reason("missing_document", stats.missing_document as usize);
-    telemetry.drop_reason("truncate", stats.truncates as usize);
 }
