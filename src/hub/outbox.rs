@@ -240,6 +240,18 @@ mod tests {
     use super::*;
     use futures_util::FutureExt;
 
+    /// A writer task parked in `next_batch`; it returns the first batch it takes.
+    async fn waiting_writer(outbox: &Arc<Outbox>) -> tokio::task::JoinHandle<Vec<Outgoing>> {
+        let outbox = Arc::clone(outbox);
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            outbox.next_batch(&mut batch).await;
+            batch
+        });
+        tokio::task::yield_now().await;
+        writer
+    }
+
     #[tokio::test]
     async fn batches_and_bounds() {
         let outbox = Outbox::new(10);
@@ -290,15 +302,7 @@ mod tests {
     #[tokio::test]
     async fn wakes_a_waiting_writer() {
         let outbox = std::sync::Arc::new(Outbox::new(100));
-        let writer = {
-            let outbox = outbox.clone();
-            tokio::spawn(async move {
-                let mut batch = Vec::new();
-                outbox.next_batch(&mut batch).await;
-                batch
-            })
-        };
-        tokio::task::yield_now().await;
+        let writer = waiting_writer(&outbox).await;
         outbox.push(Bytes::from_static(b"x"));
         assert_eq!(writer.await.unwrap(), [Bytes::from_static(b"x")]);
     }
@@ -309,15 +313,7 @@ mod tests {
     async fn held_pushes_wake_once_at_flush() {
         let a = Arc::new(Outbox::new(100));
         let b = Arc::new(Outbox::new(100));
-        let writer = {
-            let a = Arc::clone(&a);
-            tokio::spawn(async move {
-                let mut batch = Vec::new();
-                a.next_batch(&mut batch).await;
-                batch
-            })
-        };
-        tokio::task::yield_now().await;
+        let writer = waiting_writer(&a).await;
         let mut wakes = Wakes::default();
         assert_eq!(wakes.push(&a, Bytes::from_static(b"1")), Push::Queued);
         assert_eq!(wakes.push(&b, Bytes::from_static(b"x")), Push::Queued);
@@ -345,15 +341,7 @@ mod tests {
     #[tokio::test]
     async fn dropped_wakes_wake() {
         let a = Arc::new(Outbox::new(100));
-        let writer = {
-            let a = Arc::clone(&a);
-            tokio::spawn(async move {
-                let mut batch = Vec::new();
-                a.next_batch(&mut batch).await;
-                batch
-            })
-        };
-        tokio::task::yield_now().await;
+        let writer = waiting_writer(&a).await;
         {
             let mut wakes = Wakes::default();
             wakes.push(&a, Bytes::from_static(b"1"));
