@@ -237,7 +237,7 @@ impl Pipeline {
         }
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         // What the stream returned after a batch it ended: handled before waiting again.
-        let mut carried = None;
+        let mut carried: Option<Received> = None;
         loop {
             let next = match carried.take() {
                 Some(next) => next,
@@ -287,22 +287,8 @@ impl Pipeline {
                     return Outcome::Failed;
                 }
             };
-            let mut changes = tx.changes.len().max(1);
-            let mut ready = vec![tx];
-            while changes < READY_CHANGES {
-                // `recv` is cancel-safe: polled once, nothing is lost when it is not ready.
-                match stream.recv().now_or_never() {
-                    Some(Some(Ok(tx))) => {
-                        changes += tx.changes.len().max(1);
-                        ready.push(tx);
-                    }
-                    Some(other) => {
-                        carried = Some(other);
-                        break;
-                    }
-                    None => break,
-                }
-            }
+            let (ready, ended) = take_ready(stream, tx);
+            carried = ended;
             let accepted = self.dispatch(ready);
             for (events, end, at) in accepted {
                 if !self.window.is_open() {
@@ -362,6 +348,32 @@ impl Pipeline {
 
 /// A transaction taken from the stream: its events, end LSN and when it entered the window.
 type Accepted = (Arc<CommittedEvents>, Lsn, SystemTime);
+
+/// What [`ReplicationStream::recv`] returns.
+type Received = Option<Result<Transaction, ReplicationError>>;
+
+/// `first` and the transactions the stream has ready right now, up to [`READY_CHANGES`]
+/// changes; and what ended the batch when the stream returned something else (an error, or its
+/// end), for the caller to handle after the batch.
+fn take_ready(
+    stream: &mut ReplicationStream,
+    first: Transaction,
+) -> (Vec<Transaction>, Option<Received>) {
+    let mut changes = first.changes.len().max(1);
+    let mut ready = vec![first];
+    while changes < READY_CHANGES {
+        // `recv` is cancel-safe: polled once, nothing is lost when it is not ready.
+        match stream.recv().now_or_never() {
+            Some(Some(Ok(tx))) => {
+                changes += tx.changes.len().max(1);
+                ready.push(tx);
+            }
+            Some(other) => return (ready, Some(other)),
+            None => break,
+        }
+    }
+    (ready, None)
+}
 
 enum Outcome {
     Stopped,
