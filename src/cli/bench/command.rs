@@ -97,6 +97,11 @@ pub struct BenchArgs {
     /// The PEM key of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Start N gateways in cluster mode (`--cluster`) over a private `nats-server -js`
+    /// ($WALCAST_NATS_SERVER, else /usr/sbin/nats-server) instead of one; subscribers are
+    /// spread over the nodes round robin, server CPU and memory summed over them.
+    #[arg(long, default_value_t = 0, conflicts_with = "url")]
+    pub cluster_nodes: usize,
 }
 
 fn seconds(s: f64, what: &str) -> Result<Duration> {
@@ -113,6 +118,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         },
         filters: args.filters,
         rows: args.rows,
+        cluster_nodes: args.cluster_nodes,
         connections: args.connections,
         accounts: args.accounts,
         rate: args.rate.filter(|r| *r > 0),

@@ -15,6 +15,7 @@
 
 mod channel;
 mod client;
+mod cluster;
 pub mod command;
 mod db;
 mod idle;
@@ -135,6 +136,8 @@ pub struct Options {
     pub filters: usize,
     /// snapshot: rows in the snapshot.
     pub rows: usize,
+    /// Child gateways in cluster mode over a private nats-server (0 = one plain gateway).
+    pub cluster_nodes: usize,
 }
 
 impl Default for Options {
@@ -163,6 +166,7 @@ impl Default for Options {
             tls: None,
             filters: 0,
             rows: 10_000,
+            cluster_nodes: 0,
         }
     }
 }
@@ -178,6 +182,11 @@ pub async fn run(options: Options) -> Result<Report, BenchError> {
         },
     };
     let target = match &options.url {
+        Some(_) if options.cluster_nodes > 0 => {
+            return Err(BenchError::Protocol(
+                "--cluster-nodes starts its own gateways (no --url)",
+            ))
+        }
         Some(_) if options.tls.is_some() => {
             return Err(BenchError::Protocol(
                 "TLS is measured against the child gateway only (no --url)",
@@ -200,6 +209,7 @@ pub async fn run(options: Options) -> Result<Report, BenchError> {
                 max_outbound_bytes: options.max_outbound_bytes,
                 compression: options.compression,
                 tls: options.tls.clone(),
+                cluster_nodes: options.cluster_nodes,
             };
             Target::child_gateway(&launch, options.database_url.clone(), transport).await?
         }
@@ -261,6 +271,7 @@ struct Window {
     send_secs: f64,
     measured_secs: f64,
     cpu: Option<(process::Sample, process::Sample)>,
+    nats_cpu: Option<(process::Sample, process::Sample)>,
     own_cpu: Option<(process::Sample, process::Sample)>,
 }
 
@@ -275,7 +286,8 @@ async fn measure(
     senders: Vec<tokio::task::JoinHandle<()>>,
 ) -> Window {
     let delivered = &shared.delivered;
-    let before = target.server_pid.and_then(process::sample);
+    let before = target.sample();
+    let nats_before = target.nats_pid().and_then(process::sample);
     let own_before = process::sample(std::process::id());
     let start = Instant::now();
     tokio::time::sleep(options.duration).await;
@@ -304,12 +316,14 @@ async fn measure(
     } else {
         last_change
     };
-    let after = target.server_pid.and_then(process::sample);
+    let after = target.sample();
+    let nats_after = target.nats_pid().and_then(process::sample);
     let own_after = process::sample(std::process::id());
     Window {
         send_secs,
         measured_secs: end.duration_since(start).as_secs_f64().max(1e-9),
         cpu: before.zip(after),
+        nats_cpu: nats_before.zip(nats_after),
         own_cpu: own_before.zip(own_after),
     }
 }
@@ -353,5 +367,8 @@ fn fill_server(report: &mut Report, window: &Window) {
         if cpu > 0.0 {
             report.server.deliveries_per_cpu_sec = Some(report.deliveries as f64 / cpu);
         }
+    }
+    if let Some((before, after)) = &window.nats_cpu {
+        report.server.nats_cpu_seconds = Some(after.cpu_secs - before.cpu_secs);
     }
 }

@@ -33,6 +33,19 @@ pub fn sample(pid: u32) -> Option<Sample> {
     })
 }
 
+/// Several processes as one (cluster nodes): CPU times and resident memory summed. `None` when
+/// any of them cannot be read.
+pub fn sample_sum(pids: &[u32]) -> Option<Sample> {
+    let mut samples = pids.iter().map(|pid| sample(*pid));
+    let mut sum = samples.next()??;
+    for s in samples {
+        let s = s?;
+        sum.cpu_secs += s.cpu_secs;
+        sum.rss_kib += s.rss_kib;
+    }
+    Some(sum)
+}
+
 fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -85,5 +98,9 @@ mod tests {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0);
         assert!(s.cpu_secs >= 0.0);
+        let pid = std::process::id();
+        let twice = sample_sum(&[pid, pid]).expect("own /proc entry");
+        assert!(twice.rss_kib >= s.rss_kib * 2 - 1024);
+        assert!(sample_sum(&[]).is_none());
     }
 }

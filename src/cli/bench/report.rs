@@ -43,6 +43,9 @@ pub struct Server {
     /// Deliveries per second of server CPU time: the figure least disturbed by other load on
     /// the machine.
     pub deliveries_per_cpu_sec: Option<f64>,
+    /// Cluster mode: the private nats-server's CPU time over the same window (not in the sum
+    /// above, which covers the gateway nodes).
+    pub nats_cpu_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -257,6 +260,9 @@ impl Report {
                 opt(s.cpu_seconds.map(|c| format!("{c:.2}")))
             ),
         );
+        if let Some(nats) = s.nats_cpu_seconds {
+            row("nats-server CPU", format!("{nats:.2} s"));
+        }
         if self.scenario != "idle" {
             row(
                 "deliveries per CPU-s",

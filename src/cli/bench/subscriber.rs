@@ -49,9 +49,10 @@ pub struct Spec {
 }
 
 /// How the subscribers of one run connect: subscriber `id` spreads over the loopback source
-/// addresses and takes the JWTs round robin (one user per account in `db` and `idle`).
+/// addresses, the target's nodes and takes the JWTs round robin (one user per account in `db`
+/// and `idle`).
 pub struct Fleet {
-    server: SocketAddr,
+    servers: Vec<SocketAddr>,
     path: Arc<str>,
     source_addrs: usize,
     jwts: Vec<Arc<str>>,
@@ -64,7 +65,7 @@ impl Fleet {
     /// `jwts` must not be empty.
     pub fn new(target: &Target, options: &Options, jwts: Vec<Arc<str>>, channel: &str) -> Fleet {
         Fleet {
-            server: target.addr,
+            servers: target.addrs.clone(),
             path: target.path.as_str().into(),
             source_addrs: options.source_addrs,
             jwts,
@@ -81,11 +82,12 @@ impl Fleet {
     }
 
     pub fn spec(&self, id: usize) -> Spec {
+        let server = self.servers[id % self.servers.len()];
         Spec {
             id,
-            server: self.server,
+            server,
             path: Arc::clone(&self.path),
-            source: source_for(self.server, id, self.source_addrs),
+            source: source_for(server, id, self.source_addrs),
             jwt: Arc::clone(&self.jwts[id % self.jwts.len()]),
             channel: Arc::clone(&self.channel),
             transport: self.transport.clone(),

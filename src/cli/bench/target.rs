@@ -1,8 +1,9 @@
 //! The server under test: by default a private PostgreSQL plus `walcast serve` as a child
-//! process (so its CPU time and memory can be read apart from the load generator's), or any
-//! server reachable at a `ws://` URL.
+//! process (so its CPU time and memory can be read apart from the load generator's), or N such
+//! children in cluster mode over a private nats-server, or any server reachable at a `ws://` URL.
 
-use super::{BenchError, Transport};
+use super::cluster::{self, Nats};
+use super::{process, BenchError, Transport};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,10 +23,11 @@ pub struct GatewayLaunch {
     /// `--compression on` (else `off`, so that a plain run compresses nothing).
     pub compression: bool,
     pub tls: Option<walcast::tls::TlsFiles>,
+    /// Nodes of a cluster over a private nats-server; 0 = one gateway without `--cluster`.
+    pub cluster_nodes: usize,
 }
 
 pub struct Target {
-    pub addr: SocketAddr,
     pub path: String,
     /// The process whose CPU and memory are reported, when known.
     pub server_pid: Option<u32>,
@@ -36,6 +38,14 @@ pub struct Target {
     pub transport: Transport,
     child: Option<Child>,
     postgres: Option<EmbeddedPostgres>,
+    /// Every node's address (one unless in cluster mode): subscribers are spread over them
+    /// round robin.
+    pub addrs: Vec<SocketAddr>,
+    /// Every node process: the server's CPU and memory are their sum.
+    pub server_pids: Vec<u32>,
+    /// Cluster mode: the nodes after the first, and the private nats-server.
+    nodes: Vec<Child>,
+    nats: Option<Nats>,
 }
 
 /// `ws://host:port/path` → (address, path).
@@ -64,7 +74,6 @@ impl Target {
     ) -> Result<Target, BenchError> {
         let (addr, path) = parse_ws_url(url)?;
         Ok(Target {
-            addr,
             path,
             server_pid,
             database_url,
@@ -72,6 +81,10 @@ impl Target {
             transport,
             child: None,
             postgres: None,
+            addrs: vec![addr],
+            server_pids: server_pid.into_iter().collect(),
+            nodes: Vec::new(),
+            nats: None,
         })
     }
 
@@ -104,62 +117,64 @@ impl Target {
             .await
             .map_err(BenchError::Schema)?;
 
-        let port = free_port()?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Command::new(&launch.exe);
-        command
-            .arg("serve")
-            .args(["--database-url", &url])
-            .args(["--jwt-secret", &launch.jwt_secret])
-            .args(["--listen", &addr.to_string()])
-            .args(["--rate-limit", "0"])
-            .args(["--max-connections", "1000000"])
-            .args(["--max-connections-per-app", "1000000"])
-            .args(["--snapshot-max-rows", "10000000"])
-            .args([
-                "--max-outbound-bytes",
-                &launch.max_outbound_bytes.to_string(),
-            ])
-            .args([
-                "--compression",
-                if launch.compression { "on" } else { "off" },
-            ])
-            .env(
-                "WALCAST_LOG",
-                std::env::var("WALCAST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .kill_on_drop(true);
-        if let Some(tls) = &launch.tls {
-            command.arg("--tls-cert").arg(&tls.cert);
-            command.arg("--tls-key").arg(&tls.key);
+        let nats = match launch.cluster_nodes {
+            0 => None,
+            _ => Some(Nats::start().await?),
+        };
+        let mut children = Vec::new();
+        let mut addrs = Vec::new();
+        for node in 0..launch.cluster_nodes.max(1) {
+            let cluster = nats.as_ref().map(|n| (n.url.as_str(), node + 1));
+            let (child, addr) = spawn_gateway(launch, &url, cluster)?;
+            children.push(child);
+            addrs.push(addr);
         }
-        let child = command.spawn().map_err(BenchError::Spawn)?;
-        let pid = child.id();
+        let server_pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
+        let mut nodes = children.into_iter();
+        let child = nodes.next();
+        let description = match &nats {
+            None => format!("walcast serve (child process, pid {})", server_pids[0]),
+            Some(_) => format!(
+                "walcast serve --cluster, {} nodes (child processes, pids {server_pids:?}) over a private nats-server",
+                addrs.len()
+            ),
+        };
         let mut target = Target {
-            addr,
             path: "/ws".into(),
-            server_pid: pid,
+            server_pid: server_pids.first().copied(),
             database_url: Some(url),
-            description: format!("walcast serve (child process, pid {})", pid.unwrap_or(0)),
+            description,
             transport,
-            child: Some(child),
+            child,
             postgres,
+            addrs,
+            server_pids,
+            nodes: nodes.collect(),
+            nats,
         };
         target.wait_ready(Duration::from_secs(30)).await?;
         Ok(target)
     }
 
+    /// The nats-server's pid in cluster mode (its CPU is reported beside the nodes').
+    pub fn nats_pid(&self) -> Option<u32> {
+        self.nats.as_ref().and_then(Nats::pid)
+    }
+
+    /// The server's CPU time and memory: the sum over its node processes.
+    pub fn sample(&self) -> Option<process::Sample> {
+        process::sample_sum(&self.server_pids)
+    }
+
     async fn wait_ready(&mut self, limit: Duration) -> Result<(), BenchError> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(child) = self.child.as_mut() {
+            for child in self.child.iter_mut().chain(self.nodes.iter_mut()) {
                 if let Ok(Some(status)) = child.try_wait() {
                     return Err(BenchError::GatewayExited(status.to_string()));
                 }
             }
-            if ready(self.addr, &self.transport).await {
+            if self.all_ready().await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -169,26 +184,100 @@ impl Target {
         }
     }
 
-    /// Stops the child gateway (SIGTERM, then kill) and the private PostgreSQL.
+    /// Every node answers `/readyz`; in cluster mode one of them also holds the slot (before
+    /// that, PostgreSQL keeps no WAL for the cluster and rows would not be streamed).
+    async fn all_ready(&self) -> bool {
+        for addr in &self.addrs {
+            if !ready(*addr, &self.transport).await {
+                return false;
+            }
+        }
+        if self.nats.is_none() {
+            return true;
+        }
+        for addr in &self.addrs {
+            if cluster::is_holder(*addr).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Stops the child gateways (SIGTERM, then kill), the nats-server and the private
+    /// PostgreSQL.
     pub async fn stop(mut self) {
-        if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: signalling our own child by pid.
-                unsafe {
-                    libc::kill(pid as libc::pid_t, libc::SIGTERM);
-                }
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        for mut child in self.child.take().into_iter().chain(self.nodes.drain(..)) {
+            terminate(&mut child).await;
+        }
+        if let Some(nats) = self.nats.take() {
+            nats.stop().await;
         }
         if let Some(postgres) = self.postgres.take() {
             let _ = postgres.stop().await;
         }
     }
+}
+
+/// SIGTERM, then kill after 10 s.
+pub(super) async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
+/// Starts one gateway on a free port; `cluster`: the NATS URL and this node's number.
+fn spawn_gateway(
+    launch: &GatewayLaunch,
+    url: &str,
+    cluster: Option<(&str, usize)>,
+) -> Result<(Child, SocketAddr), BenchError> {
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut command = Command::new(&launch.exe);
+    command
+        .arg("serve")
+        .args(["--database-url", url])
+        .args(["--jwt-secret", &launch.jwt_secret])
+        .args(["--listen", &addr.to_string()])
+        .args(["--rate-limit", "0"])
+        .args(["--max-connections", "1000000"])
+        .args(["--max-connections-per-app", "1000000"])
+        .args(["--snapshot-max-rows", "10000000"])
+        .args([
+            "--max-outbound-bytes",
+            &launch.max_outbound_bytes.to_string(),
+        ])
+        .args([
+            "--compression",
+            if launch.compression { "on" } else { "off" },
+        ])
+        .env(
+            "WALCAST_LOG",
+            std::env::var("WALCAST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(tls) = &launch.tls {
+        command.arg("--tls-cert").arg(&tls.cert);
+        command.arg("--tls-key").arg(&tls.key);
+    }
+    if let Some((nats, node)) = cluster {
+        command
+            .args(["--cluster", nats])
+            .args(["--node-id", &format!("bench-{node}")]);
+    }
+    let child = command.spawn().map_err(BenchError::Spawn)?;
+    Ok((child, addr))
 }
 
 async fn ready(addr: SocketAddr, transport: &Transport) -> bool {
