@@ -13,7 +13,7 @@ use crate::hub::Hub;
 use crate::journal::JournalError;
 use crate::livequery::Snapshots;
 use crate::pipeline::{Pipeline, Status};
-use crate::publish::{ChannelSink, MemoryIdempotency, Publisher};
+use crate::publish::{ChannelSink, IdempotencyStore, MemoryIdempotency, Publisher};
 use crate::sse::SseStreams;
 use crate::telemetry::Telemetry;
 use crate::tls::CertificateStore;
@@ -148,14 +148,18 @@ impl Gateway {
             settings.jwt_secret.as_bytes(),
             Arc::clone(&db),
         ));
-        // In cluster mode custom channels go through NATS to every node's hub.
-        let sink: Arc<dyn ChannelSink> = match &mode {
-            Mode::Single(..) => Arc::clone(&hub) as Arc<dyn ChannelSink>,
-            Mode::Cluster(node) => node.bridge(),
+        // In cluster mode custom channels go through NATS to every node's hub, and every node
+        // shares the idempotency keys.
+        let (sink, keys): (Arc<dyn ChannelSink>, Arc<dyn IdempotencyStore>) = match &mode {
+            Mode::Single(..) => (
+                Arc::clone(&hub) as Arc<dyn ChannelSink>,
+                Arc::new(MemoryIdempotency::new(settings.publish.idempotency)),
+            ),
+            Mode::Cluster(node) => (node.bridge(), node.idempotency()),
         };
         let publisher = Arc::new(Publisher::new(
             sink,
-            Arc::new(MemoryIdempotency::new(settings.publish.idempotency)),
+            keys,
             settings.publish.max_message_bytes,
             telemetry.clone(),
         ));

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -138,34 +139,44 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// One transaction: a row readable by the subscribers, then one they may not read.
+    /// Two transactions: a row readable by the subscribers, then one they may not read.
     pub async fn write(&self, n: u64) -> Uuid {
-        let env = &self.env;
-        let id = env
-            .insert(&self.app, REPO, Some(self.account), None, json!({"n": n}))
+        let id = self.write_readable(json!({"n": n})).await;
+        self.env
+            .insert(
+                &self.app,
+                REPO,
+                Some(self.other),
+                None,
+                json!({"hidden": n}),
+            )
+            .await;
+        id
+    }
+
+    /// One row the subscribers may read, logged.
+    pub async fn write_readable(&self, data: Value) -> Uuid {
+        let id = self
+            .env
+            .insert(&self.app, REPO, Some(self.account), None, data)
             .await;
         self.log.lock().unwrap().push(id);
-        env.insert(
-            &self.app,
-            REPO,
-            Some(self.other),
-            None,
-            json!({"hidden": n}),
-        )
-        .await;
         id
     }
 }
 
 impl ClusterEnv {
     pub async fn start(nodes: usize) -> ClusterEnv {
+        Self::start_on(nodes, NatsServer::start()).await
+    }
+
+    pub async fn start_on(nodes: usize, nats: NatsServer) -> ClusterEnv {
         let env = TestEnv::database_only().await;
         let app = env.create_app("acme").await;
         let account = env.create_account(&app).await;
         let other_account = env.create_account(&app).await;
         let user = env.create_user(&app, account, 0).await;
         env.create_repo(&app, REPO).await;
-        let nats = NatsServer::start();
         let dir = tempfile::tempdir().expect("node dir");
         // WALCAST_CLUSTER_TEST_LOGS=<dir> keeps the nodes' logs there after the test.
         let logs = std::env::var_os("WALCAST_CLUSTER_TEST_LOGS")
@@ -204,6 +215,15 @@ impl ClusterEnv {
         ws.auth(&self.user.jwt).await;
         ws.join(CH).await;
         ws
+    }
+
+    /// One db subscriber on each of `nodes`.
+    pub async fn subscribers(&self, nodes: impl IntoIterator<Item = usize>) -> Vec<Ws> {
+        let mut subs = Vec::new();
+        for i in nodes {
+            subs.push(self.subscriber(i).await);
+        }
+        subs
     }
 
     /// The node holding the slot and streaming it, once one does.
@@ -275,21 +295,42 @@ async fn kill_holder(cluster: &mut ClusterEnv, holder: usize) -> (usize, Duratio
     }
 }
 
-/// Writes steadily (one transaction per `pause`) until `stop` is set.
-fn steady_writes(
+/// A writer committing one transaction every 10 ms in the background.
+struct SteadyWrites {
     writer: Arc<Writer>,
-    pause: Duration,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<u64> {
-    tokio::spawn(async move {
-        let mut n = 0;
-        while !stop.load(std::sync::atomic::Ordering::Acquire) {
-            writer.write(n).await;
-            n += 1;
-            tokio::time::sleep(pause).await;
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl SteadyWrites {
+    fn start(writer: &Arc<Writer>) -> SteadyWrites {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (writer, stop) = (Arc::clone(writer), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::Acquire) {
+                    writer.write(n).await;
+                    n += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                n
+            })
+        };
+        SteadyWrites {
+            writer: Arc::clone(writer),
+            stop,
+            task,
         }
-        n
-    })
+    }
+
+    /// Stops, then writes a last transaction marking the end; returns how many were written
+    /// before it, and its id.
+    async fn finish(self) -> (u64, Uuid) {
+        self.stop.store(true, Ordering::Release);
+        let written = self.task.await.expect("writer");
+        (written, self.writer.write(u64::MAX / 2).await)
+    }
 }
 
 async fn join_since(ws: &mut Ws, channel: &str, since: &str) -> Value {
@@ -302,10 +343,7 @@ async fn join_since(ws: &mut Ws, channel: &str, since: &str) -> Value {
 #[tokio::test]
 async fn every_node_delivers_every_db_event_and_chan_out_once_in_order() {
     let cluster = ClusterEnv::start(3).await;
-    let mut subs = Vec::new();
-    for i in 0..3 {
-        subs.push(cluster.subscriber(i).await);
-    }
+    let mut subs = cluster.subscribers(0..3).await;
     // Custom channel members on every node; two senders on different nodes.
     let mut members = Vec::new();
     for i in 0..3 {
@@ -379,16 +417,8 @@ async fn killing_the_slot_holder_loses_and_repeats_nothing() {
     let mut cluster = ClusterEnv::start(3).await;
     let holder = cluster.holder().await;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
-    let mut subs = Vec::new();
-    for &i in &survivors {
-        subs.push(cluster.subscriber(i).await);
-    }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writes = steady_writes(
-        Arc::clone(&cluster.writer),
-        Duration::from_millis(10),
-        Arc::clone(&stop),
-    );
+    let mut subs = cluster.subscribers(survivors.iter().copied()).await;
+    let writes = SteadyWrites::start(&cluster.writer);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (new_holder, takeover) = kill_holder(&mut cluster, holder).await;
@@ -402,9 +432,7 @@ async fn killing_the_slot_holder_loses_and_repeats_nothing() {
     );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let written = writes.await.expect("writer");
-    let end = cluster.writer.write(999_999).await;
+    let (written, end) = writes.finish().await;
     let expected = cluster.writer.log.lock().unwrap().clone();
     assert!(written > 20, "the writer kept writing ({written})");
     for (k, ws) in subs.iter_mut().enumerate() {
@@ -422,24 +450,14 @@ async fn killing_the_slot_holder_loses_and_repeats_nothing() {
 #[tokio::test]
 async fn nats_restart_mid_stream_loses_nothing() {
     let mut cluster = ClusterEnv::start(3).await;
-    let mut subs = Vec::new();
-    for i in 0..3 {
-        subs.push(cluster.subscriber(i).await);
-    }
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writes = steady_writes(
-        Arc::clone(&cluster.writer),
-        Duration::from_millis(10),
-        Arc::clone(&stop),
-    );
+    let mut subs = cluster.subscribers(0..3).await;
+    let writes = SteadyWrites::start(&cluster.writer);
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.nats.stop();
     tokio::time::sleep(Duration::from_secs(1)).await;
     cluster.nats.restart();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    writes.await.expect("writer");
-    let end = cluster.writer.write(999_999).await;
+    let (_, end) = writes.finish().await;
     let expected = cluster.writer.log.lock().unwrap().clone();
     for (i, ws) in subs.iter_mut().enumerate() {
         let got = collect_until(ws, end).await;
@@ -487,6 +505,66 @@ async fn a_client_moving_to_another_node_resumes_with_since() {
     let _ = cluster.other_account;
 }
 
+#[tokio::test]
+async fn an_event_larger_than_the_nats_max_payload_arrives_whole_on_every_node() {
+    const MAX_PAYLOAD: usize = 65_536;
+    let nats = NatsServer::start_with_config(&format!("max_payload: {MAX_PAYLOAD}\n"));
+    let cluster = ClusterEnv::start_on(3, nats).await;
+    let mut subs = cluster.subscribers(0..3).await;
+    let writer = &cluster.writer;
+    writer.write(0).await;
+    // One document over three times the server's limit, with text JSON must escape.
+    let blob = "é\"\\\n".repeat(MAX_PAYLOAD);
+    let big = writer.write_readable(json!({"blob": blob})).await;
+    // The slot goes on: what follows arrives after it.
+    writer.write(1).await;
+    let end = writer.write(2).await;
+    let expected = writer.log.lock().unwrap().clone();
+    for (i, ws) in subs.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        loop {
+            let doc = event(&ws.recv().await, "db_created", CH);
+            let id: Uuid = doc["id"].as_str().and_then(|s| s.parse().ok()).expect("id");
+            if id == big {
+                assert_eq!(doc["blob"], blob, "node {i}: the document, whole");
+            }
+            got.push(id);
+            if id == end {
+                break;
+            }
+        }
+        assert_eq!(got, expected, "node {i}: once each, in commit order");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_counts_on_every_node() {
+    let cluster = ClusterEnv::start(3).await;
+    let mut member = Ws::connect(cluster.nodes[2].addr, "").await;
+    member.auth(&cluster.user.jwt).await;
+    member.join("room").await;
+    for node in [0, 1] {
+        let mut sender = Ws::connect(cluster.nodes[node].addr, "").await;
+        sender.auth(&cluster.user.jwt).await;
+        let keyed = json!({"sid": sender.sid, "token": sender.token, "type": "chan_in",
+                           "channel": "room", "data": format!("from {node}"),
+                           "idempotency_key": "retried-1"});
+        sender.send_text(keyed.to_string()).await;
+        let reply = sender.recv().await;
+        assert_eq!(reply["type"], "ok", "node {node}: {reply}");
+    }
+    let mut sender = Ws::connect(cluster.nodes[1].addr, "").await;
+    sender.auth(&cluster.user.jwt).await;
+    let reply = sender.request("chan_in", "end", "room").await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(member.recv().await["data"], "from 0", "the first copy");
+    assert_eq!(
+        member.recv().await["data"],
+        "end",
+        "the key sent again to another node was not delivered again"
+    );
+}
+
 /// Soak: the holder kill repeated (`WALCAST_SOAK_ROUNDS`, default 20), the killed node started
 /// again each round. Outside the default run:
 /// `cargo test --test main cluster::soak -- --ignored --nocapture`.
@@ -504,24 +582,14 @@ async fn soak_repeated_holder_kills() {
     for round in 1..=rounds {
         let holder = cluster.holder().await;
         let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
-        let mut subs = Vec::new();
-        for &i in &survivors {
-            subs.push(cluster.subscriber(i).await);
-        }
+        let mut subs = cluster.subscribers(survivors.iter().copied()).await;
         let from = cluster.writer.log.lock().unwrap().len();
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writes = steady_writes(
-            Arc::clone(&cluster.writer),
-            Duration::from_millis(10),
-            Arc::clone(&stop),
-        );
+        let writes = SteadyWrites::start(&cluster.writer);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (_, takeover) = kill_holder(&mut cluster, holder).await;
         takeovers.push(takeover);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        stop.store(true, std::sync::atomic::Ordering::Release);
-        writes.await.expect("writer");
-        let end = cluster.writer.write(u64::MAX / 2).await;
+        let (_, end) = writes.finish().await;
         let expected: Vec<Uuid> = cluster.writer.log.lock().unwrap()[from..].to_vec();
         written += expected.len();
         for ws in subs.iter_mut() {

@@ -8,7 +8,7 @@
 
 use crate::hub::{Actor, Delivery, Hub};
 use crate::protocol::Channel;
-use crate::publish::{ChannelSink, SinkError};
+use crate::publish::{ChannelSink, Outgoing, SinkError};
 use crate::rules::Denied;
 use crate::telemetry::Telemetry;
 use async_nats::connection::State;
@@ -27,28 +27,22 @@ impl ChannelSink for ChannelBridge {
     }
 
     /// The rules are asked on the sender's node, which knows the sender's memberships.
-    fn admit(&self, app: &str, channel: &Channel, sender: Actor<'_>) -> Result<(), Denied> {
+    fn admit(&self, msg: Outgoing<'_>) -> Result<(), Denied> {
         match self.hub.get() {
-            Some(hub) => hub.may_publish(app, channel.name(), sender),
+            Some(hub) => hub.admit(msg),
             None => Ok(()),
         }
     }
 
     /// `Ok` with nothing delivered yet: delivery happens when NATS hands the message back.
-    fn send(
-        &self,
-        app: &str,
-        channel: &Channel,
-        sender: Actor<'_>,
-        data: &str,
-    ) -> Result<Delivery, SinkError> {
+    fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError> {
         if self.client.connection_state() != State::Connected {
             return Err(SinkError::Refused);
         }
-        let subject = subject(&self.prefix, app, channel.name());
-        let payload = serde_json::json!({"sid": sender.sid(), "data": data}).to_string();
+        let subject = subject(&self.prefix, msg.app, msg.channel.name());
+        let payload = serde_json::json!({"sid": msg.sender.sid(), "data": msg.data}).to_string();
         self.queue
-            .try_send(Outgoing {
+            .try_send(Relay {
                 subject,
                 frame: Bytes::from(payload),
             })
@@ -67,7 +61,7 @@ impl ChannelSink for ChannelBridge {
 /// Bound of the queue between sessions and the NATS publisher.
 const QUEUE: usize = 4096;
 
-struct Outgoing {
+struct Relay {
     subject: String,
     frame: Bytes,
 }
@@ -76,13 +70,13 @@ struct Outgoing {
 pub struct ChannelBridge {
     client: Client,
     prefix: String,
-    queue: mpsc::Sender<Outgoing>,
+    queue: mpsc::Sender<Relay>,
     /// This node's hub, set when [`ChannelBridge::run`] starts.
     hub: std::sync::OnceLock<Arc<Hub>>,
 }
 
 /// The outbound half's receiver, consumed by [`ChannelBridge::run`].
-pub struct BridgeQueue(mpsc::Receiver<Outgoing>);
+pub struct BridgeQueue(mpsc::Receiver<Relay>);
 
 impl ChannelBridge {
     pub fn new(client: Client, prefix: String) -> (ChannelBridge, BridgeQueue) {
@@ -177,20 +171,21 @@ pub fn subject(prefix: &str, app: &str, channel: &str) -> String {
     let mut subject = String::with_capacity(prefix.len() + app.len() + channel.len() + 2);
     subject.push_str(prefix);
     subject.push('.');
-    escape_into(&mut subject, app);
+    escape_into(&mut subject, app, '~');
     subject.push('.');
-    escape_into(&mut subject, channel);
+    escape_into(&mut subject, channel, '~');
     subject
 }
 
-/// Letters, digits, `-` and `_` stay; every other byte becomes `~XX` (hex), so a name can hold
-/// dots, spaces and wildcards and still be exactly one subject token.
-fn escape_into(out: &mut String, name: &str) {
+/// Letters, digits, `-` and `_` stay; every other byte becomes `<marker>XX` (hex), so a name
+/// can hold dots, spaces and wildcards and still be exactly one subject token.
+pub(super) fn escape_into(out: &mut String, name: &str, marker: char) {
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
             out.push(char::from(b));
         } else {
-            out.push_str(&format!("~{b:02X}"));
+            out.push(marker);
+            out.push_str(&format!("{b:02X}"));
         }
     }
 }

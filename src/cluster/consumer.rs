@@ -3,12 +3,13 @@
 //! single-node decision rule.
 //!
 //! Invariants: sequences are dispatched strictly increasing, each once (a re-created consumer
-//! starts after the last dispatched one, and anything at or below it is skipped); messages that
+//! starts after the last dispatched one, and anything at or below it is skipped); the chunks of
+//! an event too large for one message are dispatched as one event with the last; messages that
 //! were in the stream when the node started fill the resume window only (`recovery`), like the
 //! WAL replayed at a single node's start.
 
 use super::node::{Metrics, Readiness};
-use super::wire::decode_transaction;
+use super::wire::{decode_message, Reassembly, WireMessage};
 use super::ClusterSettings;
 use crate::hub::Hub;
 use crate::telemetry::Telemetry;
@@ -45,9 +46,15 @@ enum Interrupted {
 impl Consumer {
     pub async fn run(self, start: StartAt, stop: CancellationToken) {
         let mut next = start.next;
+        // Kept across re-created consumers: `next` may sit inside a chunked event, whose
+        // chunks so far stay here until the rest arrives.
+        let mut chunks = Reassembly::default();
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.consume(&mut next, start.recovery_until, &stop).await {
+            match self
+                .consume(&mut next, &mut chunks, start.recovery_until, &stop)
+                .await
+            {
                 Interrupted::Stopped => break,
                 Interrupted::Failed(error) => {
                     tracing::warn!(%error, next, "stream consumption interrupted; resuming")
@@ -66,6 +73,7 @@ impl Consumer {
     async fn consume(
         &self,
         next: &mut u64,
+        chunks: &mut Reassembly,
         recovery_until: u64,
         stop: &CancellationToken,
     ) -> Interrupted {
@@ -129,13 +137,18 @@ impl Consumer {
             }
             *next = seq + 1;
             self.metrics.consumed(seq, pending);
-            let tx = match decode_transaction(&message.payload) {
-                Ok(tx) => tx,
+            let decoded = decode_message(&message.payload).and_then(|message| match message {
+                WireMessage::Events(tx) => Ok(Some(tx)),
+                WireMessage::Chunk(chunk) => chunks.push(chunk),
+            });
+            let tx = match decoded {
+                Ok(Some(tx)) => tx,
+                Ok(None) => continue,
                 Err(error) => {
                     tracing::error!(
                         error = &error as &dyn std::error::Error,
                         seq,
-                        "undecodable stream message skipped"
+                        "undecodable or incomplete stream message skipped"
                     );
                     self.telemetry.drop_reason("invalid_message", 1);
                     continue;

@@ -13,7 +13,7 @@
 
 use super::lease::Lease;
 use super::node::{stream_state, Metrics, Readiness};
-use super::wire::{decode_transaction, encode_transaction, Part, Stamp};
+use super::wire::{decode_message, encode_transaction, Part, Stamp};
 use super::{ClusterError, ClusterSettings};
 use crate::config::Settings;
 use crate::event::Assembler;
@@ -115,8 +115,7 @@ impl Holder {
             .get_raw_message(last)
             .await
             .map_err(ClusterError::jetstream)?;
-        let tx = decode_transaction(&message.payload)?;
-        Ok((last, Some(tx.stamp())))
+        Ok((last, Some(decode_message(&message.payload)?.stamp())))
     }
 
     async fn hold(&mut self, stop: &CancellationToken) -> Ended {

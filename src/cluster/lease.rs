@@ -3,7 +3,7 @@
 //! renewed with `update` at the revision this node wrote last (CAS), so a node that missed a
 //! renewal and lost the entry can never renew someone else's.
 
-use super::ClusterError;
+use super::{bucket, ClusterError};
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::stream;
 use async_nats::jetstream::Context;
@@ -30,28 +30,12 @@ impl Lease {
         node: &str,
         ttl: Duration,
     ) -> Result<Lease, ClusterError> {
-        // The bucket's stream is created here rather than with `create_key_value`, which first
-        // reads account details that 2.9 servers do not send. Same shape as a KV bucket:
-        // `$KV.<bucket>.>`, one value per key, rollups, direct get, discard new.
-        js.create_or_update_stream(stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
+        let limits = bucket::Limits {
             max_age: ttl,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
+            max_entries: None,
             discard: stream::DiscardPolicy::New,
-            num_replicas: 1,
-            ..stream::Config::default()
-        })
-        .await
-        .map_err(ClusterError::jetstream)?;
-        let store = js
-            .get_key_value(bucket)
-            .await
-            .map_err(ClusterError::jetstream)?;
+        };
+        let store = bucket::open(js, bucket, limits).await?;
         Ok(Lease {
             store,
             key: slot.to_owned(),

@@ -9,16 +9,21 @@
 //! ```
 //!
 //! - [`settings`]: flags → validated names (stream, subjects, lease bucket).
-//! - [`wire`]: a committed transaction as a stream message (JSON), split when too large.
+//! - [`wire`]: a committed transaction as stream messages (JSON), split when too large, an
+//!   event too large for one message in chunks.
+//! - [`bucket`]: a KV bucket opened the way a 2.9 server allows.
 //! - [`lease`]: the slot lease, a JetStream KV entry with a TTL, renewed by revision CAS.
 //! - [`holder`]: the slot holder's loop (lease, slot, publish, confirm).
 //! - [`consumer`]: every node's in-order consumption of the stream into the hub.
 //! - [`channels`]: custom channels across nodes.
+//! - [`idempotency`]: idempotency keys shared by every node (a JetStream KV bucket).
 //! - [`node`]: connection, stream set-up, readiness, the tasks of one node.
 
+mod bucket;
 mod channels;
 mod consumer;
 mod holder;
+mod idempotency;
 mod lease;
 mod node;
 mod settings;

@@ -1,11 +1,12 @@
-//! One cluster node: the NATS connection, the stream and lease set-up, where this node starts
+//! One cluster node: the NATS connection, the stream, lease and idempotency set-up, where this node starts
 //! reading, its readiness and metrics, and the tasks it runs (holder, consumer, channels).
 
 use super::channels::{BridgeQueue, ChannelBridge};
 use super::consumer::{Consumer, StartAt};
 use super::holder::Holder;
+use super::idempotency::NatsIdempotency;
 use super::lease::Lease;
-use super::wire::decode_transaction;
+use super::wire::decode_message;
 use super::{ClusterError, ClusterSettings};
 use crate::config::Settings;
 use crate::db::Database;
@@ -121,6 +122,7 @@ pub struct ClusterNode {
     readiness: Arc<Readiness>,
     bridge: Arc<ChannelBridge>,
     bridge_queue: BridgeQueue,
+    idempotency: Arc<NatsIdempotency>,
     max_payload: usize,
 }
 
@@ -180,6 +182,12 @@ impl ClusterNode {
             cluster.lease_ttl,
         )
         .await?;
+        let idempotency = NatsIdempotency::open(
+            &js,
+            &cluster.idempotency_bucket(),
+            settings.publish.idempotency,
+        )
+        .await?;
         let (start, window_start) = start_point(&js, cluster, settings, db).await?;
         let (bridge, bridge_queue) = ChannelBridge::new(client, cluster.channel_prefix());
         tracing::info!(
@@ -198,6 +206,7 @@ impl ClusterNode {
             readiness: Arc::new(Readiness::new(ready)),
             bridge: Arc::new(bridge),
             bridge_queue,
+            idempotency: Arc::new(idempotency),
             max_payload,
         })
     }
@@ -209,6 +218,11 @@ impl ClusterNode {
 
     pub fn bridge(&self) -> Arc<ChannelBridge> {
         Arc::clone(&self.bridge)
+    }
+
+    /// The idempotency keys every node shares.
+    pub fn idempotency(&self) -> Arc<NatsIdempotency> {
+        Arc::clone(&self.idempotency)
     }
 
     /// Runs the holder, the consumer and the channel bridge until `stop`; the holder releases
@@ -277,13 +291,11 @@ async fn start_point(
         .get_raw_message(state.first_sequence)
         .await
         .map_err(ClusterError::jetstream)?;
-    let tx = decode_transaction(&first.payload)?;
     // A first message that is not a transaction's first part: that transaction is incomplete
     // here, so a `since` at it cannot be honoured.
-    let window_start = if tx.part == 0 {
-        Lsn(tx.commit_lsn)
-    } else {
-        Lsn(tx.commit_lsn + 1)
+    let window_start = match decode_message(&first.payload)?.commit() {
+        (commit, true) => commit,
+        (commit, false) => Lsn(commit.0 + 1),
     };
     Ok((start, window_start))
 }

@@ -80,6 +80,11 @@ impl ClusterSettings {
     pub fn lease_bucket(&self) -> String {
         format!("{}_lease", self.stream)
     }
+
+    /// KV bucket of the publish idempotency keys.
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}_idempotency", self.stream)
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +107,7 @@ mod tests {
         assert_eq!(s.tx_subject(), "walcast.prod.tx");
         assert_eq!(s.channel_prefix(), "walcast.prod.chan");
         assert_eq!(s.lease_bucket(), "WALCAST_lease");
+        assert_eq!(s.idempotency_bucket(), "WALCAST_idempotency");
         assert_eq!(s.lease_ttl, Duration::from_secs(3));
         assert!(matches!(
             settings("a.b", "x"),

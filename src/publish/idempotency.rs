@@ -22,10 +22,6 @@ pub enum Claim {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The shared store could not be reached; retrying later may succeed.
-    #[expect(
-        dead_code,
-        reason = "reported by a shared (cluster) store; the in-memory one never fails"
-    )]
     #[error("idempotency store unavailable")]
     Unavailable,
 }

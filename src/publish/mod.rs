@@ -3,13 +3,14 @@
 //! channel, the data size and the idempotency key, then hands one encoded `chan_out` to the
 //! channel transport.
 //!
-//! Both seams are traits so that a cluster implementation can fill them: [`ChannelSink`] (this
-//! process's [`Hub`] today; a bus reaching every node's hub later) and [`IdempotencyStore`].
+//! Both seams are traits: [`ChannelSink`] (this process's [`Hub`], or in cluster mode the NATS
+//! bridge reaching every node's hub) and [`IdempotencyStore`] (in memory, or in cluster mode a
+//! KV bucket every node shares).
 
 mod idempotency;
 
 pub use idempotency::{
-    Claim, IdempotencyConfig, IdempotencyStore, MemoryIdempotency, Scope, MAX_KEY_BYTES,
+    Claim, IdempotencyConfig, IdempotencyStore, MemoryIdempotency, Scope, StoreError, MAX_KEY_BYTES,
 };
 
 use crate::hub::{Actor, Delivery, Hub, RoomError};
@@ -22,16 +23,10 @@ use std::sync::Arc;
 /// the channel's history and delivers its `chan_out` to the members. Never waits on a
 /// subscriber: a slow one is closed, not waited for.
 pub trait ChannelSink: Send + Sync + std::fmt::Debug {
-    /// Whether the channel rules let `sender` publish here; asked before the idempotency key is
-    /// claimed, so a refused message does not use up its key.
-    fn admit(&self, app: &str, channel: &Channel, sender: Actor<'_>) -> Result<(), Denied>;
-    fn send(
-        &self,
-        app: &str,
-        channel: &Channel,
-        sender: Actor<'_>,
-        data: &str,
-    ) -> Result<Delivery, SinkError>;
+    /// Whether the channel rules let the sender publish here; asked before the idempotency key
+    /// is claimed, so a refused message does not use up its key.
+    fn admit(&self, msg: Outgoing<'_>) -> Result<(), Denied>;
+    fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError>;
     /// Ends a custom channel: members get `destroyed` and are removed; presence, metadata and
     /// history are dropped. Returns how many members it had.
     fn destroy(&self, app: &str, channel: &Channel) -> Result<usize, SinkError>;
@@ -54,18 +49,12 @@ pub enum SinkError {
 }
 
 impl ChannelSink for Hub {
-    fn admit(&self, app: &str, channel: &Channel, sender: Actor<'_>) -> Result<(), Denied> {
-        self.may_publish(app, channel.name(), sender)
+    fn admit(&self, msg: Outgoing<'_>) -> Result<(), Denied> {
+        self.may_publish(msg.app, msg.channel.name(), msg.sender)
     }
 
-    fn send(
-        &self,
-        app: &str,
-        channel: &Channel,
-        sender: Actor<'_>,
-        data: &str,
-    ) -> Result<Delivery, SinkError> {
-        self.publish(app, channel.name(), sender, data)
+    fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError> {
+        self.publish(msg.app, msg.channel.name(), msg.sender, msg.data)
             .map_err(|refused| match refused {
                 RoomError::Denied(denied) => SinkError::Denied(denied),
                 _ => SinkError::Refused,
@@ -179,9 +168,7 @@ impl Publisher {
         if !self.sink.available() {
             return Err(PublishError::Unavailable);
         }
-        self.sink
-            .admit(msg.app, msg.channel, msg.sender)
-            .map_err(PublishError::Denied)?;
+        self.sink.admit(msg).map_err(PublishError::Denied)?;
         let key = msg.idempotency_key.filter(|k| !k.is_empty());
         if let Some(key) = key {
             if key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
@@ -208,19 +195,16 @@ impl Publisher {
             }
         }
         accepted();
-        let delivery = self
-            .sink
-            .send(msg.app, msg.channel, msg.sender, msg.data)
-            .map_err(|error| match error {
-                SinkError::Denied(denied) => PublishError::Denied(denied),
-                SinkError::Refused => {
-                    tracing::warn!(
-                        error = &error as &dyn std::error::Error,
-                        "channel publish failed"
-                    );
-                    PublishError::Unavailable
-                }
-            })?;
+        let delivery = self.sink.send(msg).map_err(|error| match error {
+            SinkError::Denied(denied) => PublishError::Denied(denied),
+            SinkError::Refused => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "channel publish failed"
+                );
+                PublishError::Unavailable
+            }
+        })?;
         self.telemetry.delivered(delivery.delivered);
         self.telemetry
             .drop_reason("slow_consumer", delivery.slow_consumers);

@@ -15,6 +15,8 @@ pub struct NatsServer {
     // Kept for the server's lifetime: the JetStream store and the log.
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// A configuration file passed with `-c` (settings flags cannot set, e.g. `max_payload`).
+    config: Option<PathBuf>,
 }
 
 /// Which `nats-server` the tests run.
@@ -37,11 +39,23 @@ fn free_port() -> u16 {
 
 impl NatsServer {
     pub fn start() -> NatsServer {
+        Self::start_with_config("")
+    }
+
+    /// With these lines as its configuration file (flags still set port, store and JetStream).
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let dir = tempfile::tempdir().expect("nats temp dir");
+        let config = (!config.is_empty()).then(|| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, config).expect("nats config file");
+            path
+        });
         let mut server = NatsServer {
             binary: binary(),
             port: free_port(),
-            dir: tempfile::tempdir().expect("nats temp dir"),
+            dir,
             child: None,
+            config,
         };
         server.spawn();
         server
@@ -62,7 +76,11 @@ impl NatsServer {
             .append(true)
             .open(self.dir.path().join("nats.log"))
             .expect("nats log file");
-        let child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
