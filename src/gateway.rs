@@ -157,10 +157,17 @@ impl Gateway {
             ),
             Mode::Cluster(node) => (node.bridge(), node.idempotency()),
         };
+        let max_message_bytes = match &mode {
+            Mode::Single(..) => settings.publish.max_message_bytes,
+            Mode::Cluster(node) => settings
+                .publish
+                .max_message_bytes
+                .min(node.max_message_bytes()),
+        };
         let publisher = Arc::new(Publisher::new(
             sink,
             keys,
-            settings.publish.max_message_bytes,
+            max_message_bytes,
             telemetry.clone(),
         ));
         let snapshots = Snapshots::new(&settings.database_url, settings.snapshot.clone())

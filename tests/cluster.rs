@@ -535,6 +535,15 @@ async fn an_event_larger_than_the_nats_max_payload_arrives_whole_on_every_node()
         }
         assert_eq!(got, expected, "node {i}: once each, in commit order");
     }
+    // A custom-channel message NATS could not carry is refused before it is accepted; one
+    // that fits goes through.
+    let mut sender = Ws::connect(cluster.nodes[0].addr, "").await;
+    sender.auth(&cluster.user.jwt).await;
+    let reply = sender.request("chan_in", &"x".repeat(64_800), "room").await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["data"], "message too large", "{reply}");
+    let reply = sender.request("chan_in", &"x".repeat(60_000), "room").await;
+    assert_eq!(reply["type"], "ok", "{reply}");
 }
 
 #[tokio::test]

@@ -19,8 +19,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Hands messages to NATS as `{"sid","data"}`; every node's receiver delivers them (the sender's
-/// node too) through its hub, which gives the offset and keeps the history there.
+/// Hands messages to NATS as `<sid>\n<data>` (the data as it is, so its size on NATS is known
+/// before it is accepted); every node's receiver delivers them (the sender's node too) through
+/// its hub, which gives the offset and keeps the history there.
 impl ChannelSink for ChannelBridge {
     fn available(&self) -> bool {
         self.client.connection_state() == State::Connected && self.queue.capacity() > 0
@@ -40,7 +41,11 @@ impl ChannelSink for ChannelBridge {
             return Err(SinkError::Refused);
         }
         let subject = subject(&self.prefix, msg.app, msg.channel.name());
-        let payload = serde_json::json!({"sid": msg.sender.sid(), "data": msg.data}).to_string();
+        let sid = msg.sender.sid();
+        let mut payload = Vec::with_capacity(sid.len() + 1 + msg.data.len());
+        payload.extend_from_slice(sid.as_bytes());
+        payload.push(b'\n');
+        payload.extend_from_slice(msg.data.as_bytes());
         self.queue
             .try_send(Relay {
                 subject,
@@ -140,17 +145,12 @@ impl ChannelBridge {
                 let Ok(channel) = Channel::parse_writable(&name) else {
                     continue;
                 };
-                #[derive(serde::Deserialize)]
-                struct Relayed {
-                    sid: String,
-                    data: String,
-                }
-                let Ok(relayed) = serde_json::from_slice::<Relayed>(&message.payload) else {
+                let Some((sid, data)) = relayed(&message.payload) else {
                     continue;
                 };
                 // Admitted on the sender's node; here it is only delivered.
-                let actor = Actor::Relayed { sid: &relayed.sid };
-                let Ok(delivery) = hub.publish(&app, channel.name(), actor, &relayed.data) else {
+                let actor = Actor::Relayed { sid };
+                let Ok(delivery) = hub.publish(&app, channel.name(), actor, data) else {
                     continue;
                 };
                 telemetry.delivered(delivery.delivered);
@@ -159,6 +159,21 @@ impl ChannelBridge {
         };
         tokio::join!(publisher, receiver);
     }
+}
+
+/// Bytes a relayed message adds to its data on NATS besides the sid: the separator, the subject
+/// and headers the server counts against max_payload are well below this.
+const RELAY_OVERHEAD: usize = 1024;
+
+/// The largest `data` a channel message may have so that its relay fits NATS's max payload.
+pub fn max_data_bytes(max_payload: usize) -> usize {
+    max_payload.saturating_sub(RELAY_OVERHEAD)
+}
+
+/// `<sid>\n<data>` → (sid, data); `None` for anything else.
+fn relayed(payload: &[u8]) -> Option<(&str, &str)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    text.split_once('\n')
 }
 
 fn telemetry_publish_error(error: &async_nats::PublishError) {
@@ -232,6 +247,14 @@ mod tests {
                 Some((app.to_owned(), channel.to_owned()))
             );
         }
+    }
+
+    #[test]
+    fn relay_payload_splits_at_the_first_newline() {
+        assert_eq!(relayed(b"s1\na\nb"), Some(("s1", "a\nb")));
+        assert_eq!(relayed(b"\n"), Some(("", "")));
+        assert_eq!(relayed(b"no separator"), None);
+        assert_eq!(relayed(b"s\n\xff"), None);
     }
 
     #[test]

@@ -220,6 +220,12 @@ impl ClusterNode {
         Arc::clone(&self.bridge)
     }
 
+    /// The largest custom-channel message NATS carries (its max payload less the relay's
+    /// overhead): a larger one is refused as too large before it is accepted.
+    pub fn max_message_bytes(&self) -> usize {
+        super::channels::max_data_bytes(self.max_payload)
+    }
+
     /// The idempotency keys every node shares.
     pub fn idempotency(&self) -> Arc<NatsIdempotency> {
         Arc::clone(&self.idempotency)
