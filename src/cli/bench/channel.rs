@@ -54,6 +54,9 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
         stop_sending.clone(),
     ));
     let window = measure(options, target, &load, &shared, &stop_sending, vec![sender]).await;
+    // What the burst leaves behind once every connection has sat idle for a while.
+    tokio::time::sleep(options.settle).await;
+    let idle = target.sample();
     shared.stop.cancel();
     let totals = subscriber::collect(handles).await;
     let _ = acks.await;
@@ -64,6 +67,10 @@ pub async fn run(options: &Options, target: &Target) -> Result<super::Report, Be
     report.first_connect_error = first_error.map(|e| e.to_string());
     report.rate_limited = load.rate_limited.load(Ordering::Relaxed);
     fill_deliveries(&mut report, &load, &totals, &shared, &window);
+    if let Some(idle) = idle {
+        report.server.rss_idle_kib = Some(idle.rss_kib);
+        report.server.idle_seconds = Some(options.settle.as_secs_f64());
+    }
     Ok(report)
 }
 

@@ -81,9 +81,11 @@ pub struct BenchArgs {
     /// Child gateway's per-connection outbound queue bound, bytes.
     #[arg(long, default_value_t = 16 << 20)]
     pub max_outbound_bytes: usize,
-    /// idle: seconds to wait before reading the server's memory.
-    #[arg(long, default_value_t = 2.0)]
-    pub settle: f64,
+    /// idle: seconds to wait before reading the server's memory (default 2); channel: seconds
+    /// the connections sit idle after the run before the server's memory is read again
+    /// (default 10).
+    #[arg(long)]
+    pub settle: Option<f64>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -136,7 +138,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         setup_concurrency: args.setup_concurrency,
         max_outbound_bytes: args.max_outbound_bytes,
         gateway_exe: None,
-        settle: seconds(args.settle, "--settle")?,
+        settle: seconds(
+            args.settle.unwrap_or(match args.scenario {
+                ScenarioArg::Channel => 10.0,
+                _ => 2.0,
+            }),
+            "--settle",
+        )?,
         compression: args.compression,
         tls: args
             .tls_cert

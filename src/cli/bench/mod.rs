@@ -126,7 +126,8 @@ pub struct Options {
     pub max_outbound_bytes: usize,
     /// Child gateway binary; `None` = the running executable.
     pub gateway_exe: Option<PathBuf>,
-    /// idle: wait before reading the server's RSS after the last join.
+    /// idle: wait before reading the server's RSS after the last join; channel: idle time after
+    /// the run (connections still open) before reading it again.
     pub settle: Duration,
     /// Offer permessage-deflate (and start the child gateway with `--compression on`).
     pub compression: bool,
@@ -286,6 +287,9 @@ async fn measure(
     senders: Vec<tokio::task::JoinHandle<()>>,
 ) -> Window {
     let delivered = &shared.delivered;
+    for pid in &target.server_pids {
+        process::reset_peak(*pid);
+    }
     let before = target.sample();
     let nats_before = target.nats_pid().and_then(process::sample);
     let own_before = process::sample(std::process::id());
@@ -363,6 +367,7 @@ fn fill_server(report: &mut Report, window: &Window) {
         report.server.cpu_seconds = Some(after.cpu_secs - before.cpu_secs);
         report.server.rss_before_kib = Some(before.rss_kib);
         report.server.rss_after_kib = Some(after.rss_kib);
+        report.server.rss_peak_kib = Some(after.peak_kib.max(after.rss_kib));
         let cpu = after.cpu_secs - before.cpu_secs;
         if cpu > 0.0 {
             report.server.deliveries_per_cpu_sec = Some(report.deliveries as f64 / cpu);

@@ -10,6 +10,8 @@ pub struct Sample {
     /// utime + stime, in seconds.
     pub cpu_secs: f64,
     pub rss_kib: u64,
+    /// Peak resident memory (VmHWM) since the process started or since [`reset_peak`].
+    pub peak_kib: u64,
 }
 
 pub fn sample(pid: u32) -> Option<Sample> {
@@ -22,19 +24,23 @@ pub fn sample(pid: u32) -> Option<Sample> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
+    let kib = |key: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    let rss_kib = kib("VmRSS:")?;
     Some(Sample {
         at,
         cpu_secs: (utime + stime) as f64 / clock_ticks(),
         rss_kib,
+        peak_kib: kib("VmHWM:").unwrap_or(rss_kib),
     })
 }
 
-/// Several processes as one (cluster nodes): CPU times and resident memory summed. `None` when
-/// any of them cannot be read.
+/// Several processes as one (cluster nodes): CPU times and resident memory summed (peaks too: an
+/// upper bound on their joint peak). `None` when any of them cannot be read.
 pub fn sample_sum(pids: &[u32]) -> Option<Sample> {
     let mut samples = pids.iter().map(|pid| sample(*pid));
     let mut sum = samples.next()??;
@@ -42,8 +48,17 @@ pub fn sample_sum(pids: &[u32]) -> Option<Sample> {
         let s = s?;
         sum.cpu_secs += s.cpu_secs;
         sum.rss_kib += s.rss_kib;
+        sum.peak_kib += s.peak_kib;
     }
     Some(sum)
+}
+
+/// Restarts the process's peak-RSS count (VmHWM) from its current RSS, so a peak read later
+/// belongs to the load window rather than to an earlier run against the same server. Needs the
+/// right to write `/proc/<pid>/clear_refs` (the same user, or root); without it the peak is the
+/// process's lifetime peak, and the return value says so.
+pub fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5").is_ok()
 }
 
 fn clock_ticks() -> f64 {
@@ -97,6 +112,7 @@ mod tests {
     fn reads_this_process() {
         let s = sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0);
+        assert!(s.peak_kib >= s.rss_kib);
         assert!(s.cpu_secs >= 0.0);
         let pid = std::process::id();
         let twice = sample_sum(&[pid, pid]).expect("own /proc entry");

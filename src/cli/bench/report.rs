@@ -40,6 +40,13 @@ pub struct Server {
     pub cpu_seconds: Option<f64>,
     pub rss_before_kib: Option<u64>,
     pub rss_after_kib: Option<u64>,
+    /// Highest RSS during the load window (VmHWM, reset when the window starts where
+    /// `/proc/<pid>/clear_refs` is writable).
+    pub rss_peak_kib: Option<u64>,
+    /// RSS after the run plus `--settle` seconds with every connection still open and idle:
+    /// what a burst leaves behind.
+    pub rss_idle_kib: Option<u64>,
+    pub idle_seconds: Option<f64>,
     /// Deliveries per second of server CPU time: the figure least disturbed by other load on
     /// the machine.
     pub deliveries_per_cpu_sec: Option<f64>,
@@ -271,11 +278,19 @@ impl Report {
         }
         row(
             "server RSS",
-            format!(
-                "{} KiB before, {} KiB after",
-                opt(s.rss_before_kib),
-                opt(s.rss_after_kib)
-            ),
+            match (s.rss_peak_kib, s.rss_idle_kib) {
+                (Some(peak), Some(idle)) => format!(
+                    "{} KiB before, peak {peak} KiB, {} KiB after, {idle} KiB after {:.0} s idle",
+                    opt(s.rss_before_kib),
+                    opt(s.rss_after_kib),
+                    s.idle_seconds.unwrap_or_default()
+                ),
+                _ => format!(
+                    "{} KiB before, {} KiB after",
+                    opt(s.rss_before_kib),
+                    opt(s.rss_after_kib)
+                ),
+            },
         );
         row(
             "load generator CPU",
