@@ -232,6 +232,7 @@ impl Gateway {
                 node.spawn(Arc::clone(&hub), telemetry.clone(), root.child_token())
             }
         };
+        crate::allocator::spawn_trim(root.child_token());
         let accept_stop = root.child_token();
         let accept = tokio::spawn(accept_loop(listener, acceptor, state, accept_stop.clone()));
         if let Some(store) = &tls {

@@ -54,7 +54,9 @@
 //! - `journal`: the resume window's durable log (on one node, checksummed segment files in the
 //!   data directory).
 //! - `pipeline`: slot → events → hub and window log → slot confirmed once durable.
+//! - `allocator`: hands heap a burst freed back to the OS (periodic `malloc_trim` on glibc).
 
+mod allocator;
 pub mod auth;
 mod cluster;
 pub mod config;

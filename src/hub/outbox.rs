@@ -7,6 +7,10 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
+/// Queue slots a connection keeps while idle; a burst grows the queue (and the writer's batch)
+/// past this, and the writer gives the rest back once it has written the burst.
+const KEPT_FRAMES: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
     Queued,
@@ -57,8 +61,10 @@ impl Outbox {
     }
 
     pub fn push(&self, frame: impl Into<Outgoing>) -> Push {
-        let (outcome, _) = self.queue(frame.into(), false);
-        self.wake.notify_one();
+        let (outcome, wake) = self.queue(frame.into(), false);
+        if wake || outcome == Push::Overflow {
+            self.wake.notify_one();
+        }
         if outcome == Push::Overflow {
             self.closed.notify_waiters();
         }
@@ -67,6 +73,10 @@ impl Outbox {
 
     /// Queues `frame` under the lock. `hold`: leave the writer asleep and mark the outbox
     /// unwoken; the second value says whether it was not marked yet (the caller must wake it).
+    /// Without `hold`, the second value says whether the writer needs a wake-up: only for the
+    /// first frame of a batch (the queue was empty). Until the writer takes the queue, later
+    /// frames ride along (it takes everything queued under the same lock), so a fanout burst
+    /// costs one wake-up per connection rather than one per frame.
     fn queue(&self, frame: Outgoing, hold: bool) -> (Push, bool) {
         let mut state = self.lock();
         if state.closing.is_some() {
@@ -78,10 +88,14 @@ impl Outbox {
             state.closing = Some(CloseReason::SlowConsumer);
             return (Push::Overflow, false);
         }
+        let was_empty = state.frames.is_empty();
         state.bytes += frame.len();
         state.frames.push_back(frame);
-        let first = hold && !state.unwoken;
-        state.unwoken |= hold;
+        if !hold {
+            return (Push::Queued, was_empty);
+        }
+        let first = !state.unwoken;
+        state.unwoken = true;
         (Push::Queued, first)
     }
 
@@ -168,6 +182,9 @@ impl Outbox {
     /// Waits until frames are queued or the connection is closing; moves all queued frames into
     /// `batch` so the writer can send them in one write. Returns the close reason once the queue
     /// is empty and closing was requested.
+    ///
+    /// Before waiting on an empty queue, capacity a burst grew past [`KEPT_FRAMES`] (the queue's
+    /// and `batch`'s) is given back.
     pub async fn next_batch(&self, batch: &mut Vec<Outgoing>) -> Option<CloseReason> {
         loop {
             {
@@ -182,6 +199,13 @@ impl Outbox {
                 if let Some(closing) = state.closing {
                     return Some(closing);
                 }
+                // Going idle: a burst's queue capacity is not kept for the connection's life.
+                if state.frames.capacity() > KEPT_FRAMES {
+                    state.frames.shrink_to(KEPT_FRAMES);
+                }
+            }
+            if batch.capacity() > KEPT_FRAMES {
+                batch.shrink_to(KEPT_FRAMES);
             }
             self.wake.notified().await;
         }
@@ -297,6 +321,44 @@ mod tests {
         reader.await.unwrap();
         // Already closing: returns at once.
         outbox.closing().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_queue_gives_back_what_a_burst_grew() {
+        let outbox = Outbox::new(1 << 20);
+        for _ in 0..1000 {
+            outbox.push(Bytes::from_static(b"x"));
+        }
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch.len(), 1000);
+        assert!(outbox.lock().frames.capacity() >= 1000);
+        batch.clear();
+        // Nothing queued: the writer would now wait, so both buffers shrink first.
+        assert!(outbox.next_batch(&mut batch).now_or_never().is_none());
+        assert!(batch.capacity() <= KEPT_FRAMES);
+        assert!(outbox.lock().frames.capacity() <= KEPT_FRAMES);
+    }
+
+    #[test]
+    fn only_the_first_frame_of_a_batch_asks_for_a_wake() {
+        let outbox = Outbox::new(10);
+        assert_eq!(
+            outbox.queue(Outgoing::from(Bytes::from_static(b"1")), false),
+            (Push::Queued, true)
+        );
+        assert_eq!(
+            outbox.queue(Outgoing::from(Bytes::from_static(b"2")), false),
+            (Push::Queued, false)
+        );
+        assert_eq!(
+            outbox.queue(Outgoing::from(Bytes::from_static(b"123456789")), false),
+            (Push::Overflow, false)
+        );
+        assert_eq!(
+            outbox.queue(Outgoing::from(Bytes::from_static(b"3")), false),
+            (Push::Closed, false)
+        );
     }
 
     #[tokio::test]

@@ -67,6 +67,12 @@ impl From<Bytes> for Outgoing {
     }
 }
 
+impl AsRef<[u8]> for Outgoing {
+    fn as_ref(&self) -> &[u8] {
+        self.frame()
+    }
+}
+
 impl PartialEq<Bytes> for Outgoing {
     fn eq(&self, other: &Bytes) -> bool {
         self.frame() == other

@@ -6,6 +6,7 @@ use super::WsContext;
 use crate::hub::Outbox;
 use crate::protocol::{frame, CloseReason, Outgoing};
 use bytes::BytesMut;
+use std::io::IoSlice;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,7 @@ pub(super) struct Writer<W> {
     /// What the handshake agreed for permessage-deflate.
     deflate: Option<Deflate>,
     batch: Vec<Outgoing>,
+    /// Coalescing buffer for streams without vectored writes.
     buffer: BytesMut,
 }
 
@@ -120,33 +122,158 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// All queued frames in one write: the syscall per message, not the copy, is what limits
-    /// fanout throughput.
+    /// fanout throughput. Where the stream takes vectored writes (TCP, TLS) the frames go out
+    /// as they are queued, shared `Bytes` and all, so nothing is copied per connection and no
+    /// per-connection buffer grows with a burst.
     async fn write_batch(&mut self) -> std::io::Result<()> {
-        let result = match (self.deflate, self.batch.len()) {
-            (None, 1) => self.out.write_all(self.batch[0].frame()).await,
-            (None, _) => {
-                self.buffer.clear();
-                for frame in &self.batch {
-                    self.buffer.extend_from_slice(frame.frame());
-                }
-                self.out.write_all(&self.buffer).await
+        if let Some(deflate) = self.deflate {
+            // Each frame in the form this connection takes (a shared message's compressed form
+            // is shared too), in place: no per-connection list to keep.
+            for frame in &mut self.batch {
+                let wire = frame.for_connection(
+                    |len| deflate.compresses(len),
+                    deflate::compressed_text_frame,
+                );
+                *frame = Outgoing::Frame(wire);
             }
-            (Some(deflate), _) => {
-                self.buffer.clear();
-                for frame in &self.batch {
-                    let frame = frame.for_connection(
-                        |len| deflate.compresses(len),
-                        deflate::compressed_text_frame,
-                    );
-                    self.buffer.extend_from_slice(&frame);
-                }
-                self.out.write_all(&self.buffer).await
+        }
+        let result = if self.batch.len() == 1 {
+            self.out.write_all(self.batch[0].frame()).await
+        } else if self.out.is_write_vectored() {
+            write_all_vectored(&mut self.out, &self.batch).await
+        } else {
+            self.buffer.clear();
+            for frame in &self.batch {
+                self.buffer.extend_from_slice(frame.frame());
             }
+            self.out.write_all(&self.buffer).await
         };
         self.batch.clear();
-        if self.buffer.capacity() > 1 << 20 {
+        if self.buffer.capacity() > MAX_KEPT_BUFFER {
             self.buffer = BytesMut::new();
         }
         result
+    }
+}
+
+/// A coalescing buffer bigger than this is dropped after its write rather than kept for the
+/// connection's life (only streams without vectored writes use one).
+const MAX_KEPT_BUFFER: usize = 64 << 10;
+
+/// Most buffers handed to one `writev` (Linux's IOV_MAX is 1024).
+const MAX_SLICES: usize = 1024;
+
+/// Writes every frame, in order, with as few vectored writes as the stream allows; a partial
+/// write resumes mid-frame.
+async fn write_all_vectored<W, F>(out: &mut W, frames: &[F]) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    F: AsRef<[u8]>,
+{
+    let mut slices: Vec<IoSlice<'_>> = frames
+        .iter()
+        .map(|frame| IoSlice::new(frame.as_ref()))
+        .filter(|slice| !slice.is_empty())
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let n = out
+            .write_vectored(&rest[..rest.len().min(MAX_SLICES)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Takes at most `chunk` bytes per write, vectored or not.
+    struct Trickle {
+        written: Vec<u8>,
+        chunk: usize,
+        writes: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.chunk);
+            self.written.extend_from_slice(&buf[..n]);
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut room = self.chunk;
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(room);
+                self.written.extend_from_slice(&buf[..take]);
+                room -= take;
+                n += take;
+            }
+            self.writes += 1;
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_resume_mid_frame_in_order() {
+        let frames: Vec<Outgoing> = [&b"abc"[..], b"", b"defgh", b"i", b"jklmnop"]
+            .into_iter()
+            .map(|f| Outgoing::shared(bytes::Bytes::copy_from_slice(f)))
+            .collect();
+        for chunk in [1, 2, 4, 7, 100] {
+            let mut out = Trickle {
+                written: Vec::new(),
+                chunk,
+                writes: 0,
+            };
+            write_all_vectored(&mut out, &frames).await.unwrap();
+            assert_eq!(out.written, b"abcdefghijklmnop");
+            assert_eq!(out.writes, 16_usize.div_ceil(chunk));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_takes_nothing_is_an_error() {
+        let mut out = Trickle {
+            written: Vec::new(),
+            chunk: 0,
+            writes: 0,
+        };
+        let err = write_all_vectored(&mut out, &[bytes::Bytes::from_static(b"x")])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
+        write_all_vectored(&mut out, &[bytes::Bytes::new()])
+            .await
+            .unwrap();
     }
 }
