@@ -28,6 +28,8 @@ struct State {
     /// Frames were queued without waking the writer; a [`Wakes`] holds this outbox and wakes
     /// it once.
     unwoken: bool,
+    /// A producer waits in [`Outbox::wait_for_room`]: the writer signals `drained` only then.
+    wants_room: bool,
 }
 
 /// One connection's outbound queue, bounded in bytes. Producers (hub, session) never wait on
@@ -112,7 +114,7 @@ impl Outbox {
             if state.closing.is_some() {
                 return;
             }
-            state.frames.push_back(Outgoing::Frame(frame));
+            state.frames.push_back(Outgoing::from(frame));
         }
         self.wake.notify_one();
     }
@@ -167,13 +169,14 @@ impl Outbox {
             tokio::pin!(drained);
             drained.as_mut().enable();
             {
-                let state = self.lock();
+                let mut state = self.lock();
                 if state.closing.is_some()
                     || state.bytes == 0
                     || state.bytes + bytes <= self.limit / 2
                 {
                     return;
                 }
+                state.wants_room = true;
             }
             drained.await;
         }
@@ -186,14 +189,37 @@ impl Outbox {
     /// Before waiting on an empty queue, capacity a burst grew past [`KEPT_FRAMES`] (the queue's
     /// and `batch`'s) is given back.
     pub async fn next_batch(&self, batch: &mut Vec<Outgoing>) -> Option<CloseReason> {
+        self.next_batch_up_to(batch, usize::MAX).await
+    }
+
+    /// [`Outbox::next_batch`], taking at most `max` of the oldest frames: the rest stay queued
+    /// (and counted against the bound) for the next call, which then returns at once. A writer
+    /// that takes a bounded slice keeps no second copy of a burst's queue.
+    pub async fn next_batch_up_to(
+        &self,
+        batch: &mut Vec<Outgoing>,
+        max: usize,
+    ) -> Option<CloseReason> {
         loop {
             {
                 let mut state = self.lock();
                 if !state.frames.is_empty() {
-                    batch.extend(state.frames.drain(..));
-                    state.bytes = 0;
+                    let take = state.frames.len().min(max);
+                    let mut taken = 0;
+                    for frame in state.frames.drain(..take) {
+                        taken += frame.len();
+                        batch.push(frame);
+                    }
+                    // Control frames are queued without being counted (`push_control`).
+                    state.bytes = state.bytes.saturating_sub(taken);
+                    if state.frames.is_empty() {
+                        state.bytes = 0;
+                    }
+                    let wants_room = std::mem::take(&mut state.wants_room);
                     drop(state);
-                    self.drained.notify_waiters();
+                    if wants_room {
+                        self.drained.notify_waiters();
+                    }
                     return None;
                 }
                 if let Some(closing) = state.closing {
@@ -338,6 +364,50 @@ mod tests {
         assert!(outbox.next_batch(&mut batch).now_or_never().is_none());
         assert!(batch.capacity() <= KEPT_FRAMES);
         assert!(outbox.lock().frames.capacity() <= KEPT_FRAMES);
+    }
+
+    /// A bounded take leaves the rest queued, in order and still counted against the bound;
+    /// the next take returns at once without a wake-up.
+    #[tokio::test]
+    async fn a_bounded_take_leaves_the_rest_queued() {
+        let outbox = Outbox::new(10);
+        for frame in [&b"123"[..], b"456", b"789"] {
+            assert_eq!(outbox.push(Bytes::copy_from_slice(frame)), Push::Queued);
+        }
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch_up_to(&mut batch, 2).await, None);
+        assert_eq!(
+            batch,
+            [Bytes::from_static(b"123"), Bytes::from_static(b"456")]
+        );
+        // 3 bytes still queued: 7 more fit.
+        assert_eq!(outbox.push(Bytes::from_static(b"abcdefg")), Push::Queued);
+        batch.clear();
+        assert_eq!(
+            outbox.next_batch_up_to(&mut batch, 2).now_or_never(),
+            Some(None)
+        );
+        assert_eq!(
+            batch,
+            [Bytes::from_static(b"789"), Bytes::from_static(b"abcdefg")]
+        );
+        assert_eq!(outbox.lock().bytes, 0);
+    }
+
+    /// A producer waiting for room is woken when the writer takes frames.
+    #[tokio::test]
+    async fn taking_frames_wakes_a_producer_waiting_for_room() {
+        let outbox = Arc::new(Outbox::new(10));
+        outbox.push(Bytes::from_static(b"123456"));
+        let producer = {
+            let outbox = Arc::clone(&outbox);
+            tokio::spawn(async move { outbox.wait_for_room(4).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!producer.is_finished());
+        let mut batch = Vec::new();
+        assert_eq!(outbox.next_batch(&mut batch).await, None);
+        producer.await.unwrap();
     }
 
     #[test]

@@ -6,7 +6,13 @@
 //! `next` is cancel-safe: bytes stay in the buffer until a whole frame is there.
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
+
+/// Most bytes one read takes while nothing is buffered (read on the stack, then kept).
+const IDLE_READ: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OpCode {
@@ -59,6 +65,8 @@ pub enum WireError {
 
 pub struct FrameReader<R> {
     read: R,
+    /// Bytes of frames not yet whole; no allocation at all between messages, so an idle
+    /// connection holds no read buffer.
     buffer: BytesMut,
     max_payload: usize,
 }
@@ -67,7 +75,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(read: R, max_payload: usize) -> Self {
         FrameReader {
             read,
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::new(),
             max_payload,
         }
     }
@@ -77,11 +85,30 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.parse()? {
                 return Ok(frame);
             }
-            match self.read.read_buf(&mut self.buffer).await {
+            let read = if self.buffer.is_empty() {
+                self.read_into_empty().await
+            } else {
+                self.read.read_buf(&mut self.buffer).await
+            };
+            match read {
                 Ok(0) | Err(_) => return Err(WireError::Gone),
                 Ok(_) => {}
             }
         }
+    }
+
+    /// Reads into a stack buffer and keeps only what arrived: a connection waiting here for its
+    /// next message holds no read buffer of its own.
+    async fn read_into_empty(&mut self) -> std::io::Result<usize> {
+        let (read, buffer) = (&mut self.read, &mut self.buffer);
+        std::future::poll_fn(|cx| {
+            let mut stack = [MaybeUninit::<u8>::uninit(); IDLE_READ];
+            let mut chunk = ReadBuf::uninit(&mut stack);
+            ready!(Pin::new(&mut *read).poll_read(cx, &mut chunk))?;
+            buffer.extend_from_slice(chunk.filled());
+            Poll::Ready(Ok(chunk.filled().len()))
+        })
+        .await
     }
 
     /// A whole frame from the buffer, or `None` until more bytes arrive.
@@ -127,6 +154,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.buffer.advance(at + key_len);
         let mut payload = self.buffer.split_to(len);
+        if self.buffer.is_empty() {
+            // The payload keeps the allocation until the message is handled; nothing else does.
+            self.buffer = BytesMut::new();
+        }
         if masked {
             for (i, byte) in payload.iter_mut().enumerate() {
                 *byte ^= key[i & 3];
@@ -204,6 +235,52 @@ pub(crate) mod tests {
         assert_eq!(&frames[5].payload[..], b"compressed");
         assert!(frames[5].rsv1);
         assert_eq!(frames[6].opcode, OpCode::Ping);
+    }
+
+    /// Gives at most `chunk` bytes per read.
+    struct Dribble {
+        bytes: std::io::Cursor<Vec<u8>>,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Dribble {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let mut part = vec![0; self.chunk.min(buf.remaining())];
+            let n = std::io::Read::read(&mut self.bytes, &mut part)?;
+            buf.put_slice(&part[..n]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Frames arriving in pieces and several to a read come out whole and in order; between
+    /// messages the reader holds no buffer.
+    #[tokio::test]
+    async fn pieces_make_frames_and_nothing_is_held_between_them() {
+        let mut bytes = Vec::new();
+        for payload in [&b"first"[..], &[b'x'; 300][..], b"third"] {
+            bytes.extend(client_frame(0x81, payload));
+        }
+        for chunk in [1, 7, 4096] {
+            let mut reader = FrameReader::new(
+                Dribble {
+                    bytes: std::io::Cursor::new(bytes.clone()),
+                    chunk,
+                },
+                1000,
+            );
+            let mut lens = Vec::new();
+            while let Ok(frame) = reader.next().await {
+                lens.push(frame.payload.len());
+                if reader.buffer.is_empty() {
+                    assert_eq!(reader.buffer.capacity(), 0, "chunk {chunk}");
+                }
+            }
+            assert_eq!(lens, [5, 300, 5], "chunk {chunk}");
+        }
     }
 
     #[tokio::test]

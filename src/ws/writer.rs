@@ -7,6 +7,7 @@ use crate::hub::Outbox;
 use crate::protocol::{frame, CloseReason, Outgoing};
 use bytes::BytesMut;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,6 +48,7 @@ pub(super) struct Writer<W> {
     activity: Arc<Activity>,
     /// What the handshake agreed for permessage-deflate.
     deflate: Option<Deflate>,
+    /// At most [`MAX_BATCH`] frames taken from the outbox, being written.
     batch: Vec<Outgoing>,
     /// Coalescing buffer for streams without vectored writes.
     buffer: BytesMut,
@@ -105,7 +107,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         self.outbox.push_control(frame::ping(b""));
                     }
                 }
-                closing = self.outbox.next_batch(&mut self.batch) => {
+                closing = self.outbox.next_batch_up_to(&mut self.batch, MAX_BATCH) => {
                     if closing.is_some() {
                         return closing;
                     }
@@ -121,30 +123,17 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         }
     }
 
-    /// All queued frames in one write: the syscall per message, not the copy, is what limits
+    /// The taken frames in one write: the syscall per message, not the copy, is what limits
     /// fanout throughput. Where the stream takes vectored writes (TCP, TLS) the frames go out
     /// as they are queued, shared `Bytes` and all, so nothing is copied per connection and no
     /// per-connection buffer grows with a burst.
     async fn write_batch(&mut self) -> std::io::Result<()> {
-        if let Some(deflate) = self.deflate {
-            // Each frame in the form this connection takes (a shared message's compressed form
-            // is shared too), in place: no per-connection list to keep.
-            for frame in &mut self.batch {
-                let wire = frame.for_connection(
-                    |len| deflate.compresses(len),
-                    deflate::compressed_text_frame,
-                );
-                *frame = Outgoing::Frame(wire);
-            }
-        }
-        let result = if self.batch.len() == 1 {
-            self.out.write_all(self.batch[0].frame()).await
-        } else if self.out.is_write_vectored() {
-            write_all_vectored(&mut self.out, &self.batch).await
+        let result = if self.out.is_write_vectored() {
+            write_all_vectored(&mut self.out, &self.batch, self.deflate).await
         } else {
             self.buffer.clear();
             for frame in &self.batch {
-                self.buffer.extend_from_slice(frame.frame());
+                self.buffer.extend_from_slice(wire(frame, self.deflate));
             }
             self.out.write_all(&self.buffer).await
         };
@@ -160,38 +149,77 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 /// connection's life (only streams without vectored writes use one).
 const MAX_KEPT_BUFFER: usize = 64 << 10;
 
-/// Most buffers handed to one `writev` (Linux's IOV_MAX is 1024).
-const MAX_SLICES: usize = 1024;
+/// Frames the writer takes from its queue at a time, and so the most buffers one `writev` is
+/// handed (Linux's IOV_MAX is 1024). The rest of a burst waits in the queue, not in a second
+/// per-connection copy; the buffer list lives on the stack only while a write is polled.
+const MAX_BATCH: usize = 64;
+
+/// The frame as this connection takes it: its permessage-deflate form where the handshake
+/// agreed one and the payload is worth compressing (computed once per message, kept with it).
+fn wire(frame: &Outgoing, deflate: Option<Deflate>) -> &[u8] {
+    match deflate {
+        Some(deflate) => frame.for_connection(
+            |len| deflate.compresses(len),
+            deflate::compressed_text_frame,
+        ),
+        None => frame.frame(),
+    }
+}
 
 /// Writes every frame, in order, with as few vectored writes as the stream allows; a partial
 /// write resumes mid-frame.
-async fn write_all_vectored<W, F>(out: &mut W, frames: &[F]) -> std::io::Result<()>
+async fn write_all_vectored<W>(
+    out: &mut W,
+    frames: &[Outgoing],
+    deflate: Option<Deflate>,
+) -> std::io::Result<()>
 where
     W: AsyncWrite + Unpin,
-    F: AsRef<[u8]>,
 {
-    let mut slices: Vec<IoSlice<'_>> = frames
-        .iter()
-        .map(|frame| IoSlice::new(frame.as_ref()))
-        .filter(|slice| !slice.is_empty())
-        .collect();
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = out
-            .write_vectored(&rest[..rest.len().min(MAX_SLICES)])
-            .await?;
-        if n == 0 {
+    // The first frame not completely written, and how much of it was.
+    let (mut next, mut offset) = (0, 0);
+    let mut written = 0;
+    loop {
+        // Past what was written, and past empty frames (a write of nothing proves nothing).
+        while next < frames.len() {
+            let rest = wire(&frames[next], deflate).len() - offset;
+            if written < rest {
+                offset += written;
+                break;
+            }
+            written -= rest;
+            next += 1;
+            offset = 0;
+        }
+        if next == frames.len() {
+            return Ok(());
+        }
+        written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+            let mut count = 0;
+            for (i, frame) in frames[next..].iter().enumerate() {
+                if count == MAX_BATCH {
+                    break;
+                }
+                let bytes = wire(frame, deflate);
+                let bytes = if i == 0 { &bytes[offset..] } else { bytes };
+                if !bytes.is_empty() {
+                    slices[count] = IoSlice::new(bytes);
+                    count += 1;
+                }
+            }
+            Pin::new(&mut *out).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
+        if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
-        IoSlice::advance_slices(&mut rest, n);
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::pin::Pin;
     use std::task::{Context, Poll};
 
     /// Takes at most `chunk` bytes per write, vectored or not.
@@ -255,9 +283,29 @@ mod tests {
                 chunk,
                 writes: 0,
             };
-            write_all_vectored(&mut out, &frames).await.unwrap();
+            write_all_vectored(&mut out, &frames, None).await.unwrap();
             assert_eq!(out.written, b"abcdefghijklmnop");
             assert_eq!(out.writes, 16_usize.div_ceil(chunk));
+        }
+    }
+
+    /// More frames than one write is handed: still all written, in order, with each write
+    /// given at most `MAX_BATCH` buffers.
+    #[tokio::test]
+    async fn long_batches_go_out_in_bounded_writes() {
+        let frames: Vec<Outgoing> = (0..3 * MAX_BATCH)
+            .map(|i| Outgoing::from(bytes::Bytes::from(vec![i as u8; 3])))
+            .collect();
+        let expected: Vec<u8> = frames.iter().flat_map(|f| f.frame().to_vec()).collect();
+        for chunk in [5, 3 * MAX_BATCH, usize::MAX] {
+            let mut out = Trickle {
+                written: Vec::new(),
+                chunk,
+                writes: 0,
+            };
+            write_all_vectored(&mut out, &frames, None).await.unwrap();
+            assert_eq!(out.written, expected);
+            assert!(out.writes >= 3);
         }
     }
 
@@ -268,11 +316,12 @@ mod tests {
             chunk: 0,
             writes: 0,
         };
-        let err = write_all_vectored(&mut out, &[bytes::Bytes::from_static(b"x")])
+        let frame = |f: &'static [u8]| [Outgoing::from(bytes::Bytes::from_static(f))];
+        let err = write_all_vectored(&mut out, &frame(b"x"), None)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
-        write_all_vectored(&mut out, &[bytes::Bytes::new()])
+        write_all_vectored(&mut out, &frame(b""), None)
             .await
             .unwrap();
     }
