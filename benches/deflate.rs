@@ -31,7 +31,7 @@ fn fanout(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("deflate_fanout");
     let plain_write = |m: &Outgoing| m.frame().clone();
-    let shared_write = |m: &Outgoing| m.for_connection(|_| true, compressed_text_frame);
+    let shared_write = |m: &Outgoing| m.for_connection(|_| true, compressed_text_frame).clone();
     let per_connection_write = |_: &Outgoing| compressed_text_frame(black_box(&payload));
     let variants: [(&str, &Write); 3] = [
         ("plain", &plain_write),
