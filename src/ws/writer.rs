@@ -208,7 +208,11 @@ where
                     count += 1;
                 }
             }
-            Pin::new(&mut *out).poll_write_vectored(cx, &slices[..count])
+            match &slices[..count] {
+                // One buffer: a plain write, which costs the kernel less than a one-entry writev.
+                [one] => Pin::new(&mut *out).poll_write(cx, one),
+                many => Pin::new(&mut *out).poll_write_vectored(cx, many),
+            }
         })
         .await?;
         if written == 0 {
