@@ -36,8 +36,10 @@ async fn channel_scenario_over_tls_with_compression() {
 
 /// A toy channel run with `extra` flags; asserts every delivery is accounted for.
 async fn channel_run(extra: &[&str]) -> Value {
-    // The gateway child inherits it: its window log goes there, not into the working directory.
-    let data_dir = tempfile::tempdir().unwrap();
+    // Run from an empty directory, with temporary files in another: the gateway child's data
+    // must go to a temporary directory of its own, removed afterwards, never to `./walcast-data`.
+    let cwd = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     let run = walcast_command(["bench", "--scenario", "channel", "--connections", "10"])
         .args(extra)
         .args([
@@ -49,7 +51,9 @@ async fn channel_run(extra: &[&str]) -> Value {
             "60",
             "--json",
         ])
-        .env("WALCAST_DATA_DIR", data_dir.path())
+        .env_remove("WALCAST_DATA_DIR")
+        .env("TMPDIR", tmp.path())
+        .current_dir(cwd.path())
         .output();
     // Bounded (initdb on a loaded machine is slow), never a timing assertion.
     let out = tokio::time::timeout(Duration::from_secs(180), run)
@@ -71,5 +75,18 @@ async fn channel_run(extra: &[&str]) -> Value {
     assert_eq!(report["missed"], 0);
     assert_eq!(report["slow_consumer_closes"], 0);
     assert!(report["server"]["pid"].as_u64().is_some());
+    let left = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with("walcast"))
+            .collect()
+    };
+    assert_eq!(left(cwd.path()), Vec::<String>::new(), "working directory");
+    assert_eq!(
+        left(tmp.path()),
+        Vec::<String>::new(),
+        "temporary directory"
+    );
     report
 }

@@ -46,6 +46,8 @@ pub struct Target {
     /// Cluster mode: the nodes after the first, and the private nats-server.
     nodes: Vec<Child>,
     nats: Option<Nats>,
+    /// The child gateways' data directories (resume window logs), removed with the target.
+    data_dir: Option<tempfile::TempDir>,
 }
 
 /// `ws://host:port/path` → (address, path).
@@ -85,6 +87,7 @@ impl Target {
             server_pids: server_pid.into_iter().collect(),
             nodes: Vec::new(),
             nats: None,
+            data_dir: None,
         })
     }
 
@@ -121,11 +124,17 @@ impl Target {
             0 => None,
             _ => Some(Nats::start().await?),
         };
+        // Not the current directory: a run must leave nothing behind.
+        let data_dir = tempfile::Builder::new()
+            .prefix("walcast-bench-data-")
+            .tempdir()
+            .map_err(BenchError::Io)?;
         let mut children = Vec::new();
         let mut addrs = Vec::new();
         for node in 0..launch.cluster_nodes.max(1) {
             let cluster = nats.as_ref().map(|n| (n.url.as_str(), node + 1));
-            let (child, addr) = spawn_gateway(launch, &url, cluster)?;
+            let dir = data_dir.path().join(format!("node-{}", node + 1));
+            let (child, addr) = spawn_gateway(launch, &url, &dir, cluster)?;
             children.push(child);
             addrs.push(addr);
         }
@@ -151,6 +160,7 @@ impl Target {
             server_pids,
             nodes: nodes.collect(),
             nats,
+            data_dir: Some(data_dir),
         };
         target.wait_ready(Duration::from_secs(30)).await?;
         Ok(target)
@@ -215,6 +225,9 @@ impl Target {
         if let Some(postgres) = self.postgres.take() {
             let _ = postgres.stop().await;
         }
+        if let Some(dir) = self.data_dir.take() {
+            let _ = dir.close();
+        }
     }
 }
 
@@ -234,10 +247,12 @@ pub(super) async fn terminate(child: &mut Child) {
     }
 }
 
-/// Starts one gateway on a free port; `cluster`: the NATS URL and this node's number.
+/// Starts one gateway on a free port with its data in `data_dir`; `cluster`: the NATS URL and
+/// this node's number.
 fn spawn_gateway(
     launch: &GatewayLaunch,
     url: &str,
+    data_dir: &std::path::Path,
     cluster: Option<(&str, usize)>,
 ) -> Result<(Child, SocketAddr), BenchError> {
     let port = free_port()?;
@@ -248,6 +263,8 @@ fn spawn_gateway(
         .args(["--database-url", url])
         .args(["--jwt-secret", &launch.jwt_secret])
         .args(["--listen", &addr.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
         .args(["--rate-limit", "0"])
         .args(["--max-connections", "1000000"])
         .args(["--max-connections-per-app", "1000000"])
