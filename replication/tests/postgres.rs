@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{assert_quiet, next, Db};
+use support::{assert_quiet, next, Db, RECV_TIMEOUT};
 use walcast_replication::embedded::EmbeddedOptions;
 use walcast_replication::{
     Change, Lsn, OldTuple, PublicationScope, ReplicaIdentity, ReplicationConfig, ReplicationError,
@@ -474,13 +474,25 @@ async fn unix_socket_temporary_slot_messages_and_backpressure() {
     assert!(!transactional);
     assert_eq!((prefix.as_str(), &content[..]), ("walcast", &b"hello"[..]));
     stream.stop().await.unwrap();
-    let slots: i64 = db
-        .client
-        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(slots, 0, "temporary slot dropped with its connection");
+    // `stop` returns once the connection is closed; the walsender drops its temporary slot
+    // while it exits, after that. Checking at once raced with that exit on a busy machine.
+    let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+    loop {
+        let slots: i64 = db
+            .client
+            .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if slots == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "temporary slot still there {RECV_TIMEOUT:?} after its connection ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

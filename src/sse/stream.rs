@@ -73,10 +73,13 @@ pub async fn write(ctx: &WsContext, outbox: &Outbox, sender: mpsc::Sender<Bytes>
     let mut keep_alive = tokio::time::interval(ctx.config.ping_interval);
     keep_alive.tick().await;
     let mut shutting_down = false;
+    // Registered once: see the WebSocket writer.
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
     let closing = loop {
         let chunk = tokio::select! {
             biased;
-            _ = ctx.shutdown.cancelled(), if !shutting_down => {
+            _ = &mut shutdown, if !shutting_down => {
                 shutting_down = true;
                 outbox.close(CloseReason::ShuttingDown);
                 continue;

@@ -93,10 +93,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         ping.tick().await;
         let idle_limit = self.ctx.config.idle_timeout.as_millis() as u64;
         let mut shutting_down = false;
+        // Registered once for the connection's life: a `cancelled()` made per turn would take
+        // and release the token's lock, which every connection shares, on every write.
+        let shutdown = self.ctx.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled(), if !shutting_down => {
+                _ = &mut shutdown, if !shutting_down => {
                     shutting_down = true;
                     self.outbox.close(CloseReason::ShuttingDown);
                 }

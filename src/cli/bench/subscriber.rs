@@ -182,10 +182,13 @@ async fn read_loop(conn: &mut WsConn, spec: &Spec, shared: &Shared) -> Outcome {
     let mut outcome = Outcome::default();
     let mut samples = shared.recorder.local(spec.id);
     let mut next_seq: Option<u64> = None;
+    // Registered once: a `cancelled()` per read would lock the token every subscriber shares.
+    let stop = shared.stop.cancelled();
+    tokio::pin!(stop);
     loop {
         let filled = tokio::select! {
             biased;
-            _ = shared.stop.cancelled() => break,
+            _ = &mut stop => break,
             filled = conn.fill() => filled,
         };
         match filled {
