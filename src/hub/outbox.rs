@@ -7,9 +7,11 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-/// Queue slots a connection keeps while idle; a burst grows the queue (and the writer's batch)
-/// past this, and the writer gives the rest back once it has written the burst.
-const KEPT_FRAMES: usize = 16;
+/// Queue slots a connection keeps while idle (8 bytes each: at most 1 KiB, and only once a burst
+/// grew it); a burst grows the queue (and the writer's batch) past this, and the writer gives
+/// the rest back once it has written the burst. As large as a usual fanout burst: a queue
+/// shrunk below that regrows (a reallocation and a copy) on every burst.
+const KEPT_FRAMES: usize = 128;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
