@@ -5,7 +5,6 @@ use super::deflate::{self, Deflate};
 use super::WsContext;
 use crate::hub::Outbox;
 use crate::protocol::{frame, CloseReason, Outgoing};
-use bytes::BytesMut;
 use std::cell::RefCell;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -51,8 +50,6 @@ pub(super) struct Writer<W> {
     deflate: Option<Deflate>,
     /// At most [`MAX_BATCH`] frames taken from the outbox, being written.
     batch: Vec<Outgoing>,
-    /// Coalescing buffer for streams without vectored writes.
-    buffer: BytesMut,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
@@ -70,7 +67,6 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             activity,
             deflate,
             batch: Vec::new(),
-            buffer: BytesMut::new(),
         }
     }
 
@@ -129,30 +125,14 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     }
 
     /// The taken frames in one write: the syscall per message is what limits fanout
-    /// throughput. Where the stream takes vectored writes (TCP, TLS) the frames are gathered
-    /// into the runtime thread's buffer (vectored beyond [`GATHER_MAX`]), so no per-connection
-    /// buffer grows with a burst.
+    /// throughput. The frames are gathered into the runtime thread's buffer (vectored beyond
+    /// [`GATHER_MAX`]), so no per-connection buffer grows with a burst.
     async fn write_batch(&mut self) -> std::io::Result<()> {
-        let result = if self.out.is_write_vectored() {
-            write_all_vectored(&mut self.out, &self.batch, self.deflate).await
-        } else {
-            self.buffer.clear();
-            for frame in &self.batch {
-                self.buffer.extend_from_slice(wire(frame, self.deflate));
-            }
-            self.out.write_all(&self.buffer).await
-        };
+        let result = write_all_frames(&mut self.out, &self.batch, self.deflate).await;
         self.batch.clear();
-        if self.buffer.capacity() > MAX_KEPT_BUFFER {
-            self.buffer = BytesMut::new();
-        }
         result
     }
 }
-
-/// A coalescing buffer bigger than this is dropped after its write rather than kept for the
-/// connection's life (only streams without vectored writes use one).
-const MAX_KEPT_BUFFER: usize = 64 << 10;
 
 /// Frames the writer takes from its queue at a time, and so the most buffers one `writev` is
 /// handed (Linux's IOV_MAX is 1024). The rest of a burst waits in the queue, not in a second
@@ -182,8 +162,9 @@ thread_local! {
 const GATHER_MAX: usize = 64 << 10;
 
 /// Writes every frame, in order, with as few writes as the stream allows (gathered into one
-/// buffer up to [`GATHER_MAX`] bytes, vectored beyond); a partial write resumes mid-frame.
-async fn write_all_vectored<W>(
+/// buffer up to [`GATHER_MAX`] bytes, vectored beyond: a stream without vectored writes takes
+/// one frame per write there); a partial write resumes mid-frame.
+async fn write_all_frames<W>(
     out: &mut W,
     frames: &[Outgoing],
     deflate: Option<Deflate>,
@@ -256,6 +237,16 @@ mod tests {
         writes: usize,
     }
 
+    impl Trickle {
+        fn taking(chunk: usize) -> Trickle {
+            Trickle {
+                written: Vec::new(),
+                chunk,
+                writes: 0,
+            }
+        }
+    }
+
     impl AsyncWrite for Trickle {
         fn poll_write(
             mut self: Pin<&mut Self>,
@@ -305,12 +296,8 @@ mod tests {
             .map(|f| Outgoing::shared(bytes::Bytes::copy_from_slice(f)))
             .collect();
         for chunk in [1, 2, 4, 7, 100] {
-            let mut out = Trickle {
-                written: Vec::new(),
-                chunk,
-                writes: 0,
-            };
-            write_all_vectored(&mut out, &frames, None).await.unwrap();
+            let mut out = Trickle::taking(chunk);
+            write_all_frames(&mut out, &frames, None).await.unwrap();
             assert_eq!(out.written, b"abcdefghijklmnop");
             assert_eq!(out.writes, 16_usize.div_ceil(chunk));
         }
@@ -325,12 +312,8 @@ mod tests {
             .collect();
         let expected: Vec<u8> = frames.iter().flat_map(|f| f.frame().to_vec()).collect();
         for chunk in [5, 3 * MAX_BATCH, usize::MAX] {
-            let mut out = Trickle {
-                written: Vec::new(),
-                chunk,
-                writes: 0,
-            };
-            write_all_vectored(&mut out, &frames, None).await.unwrap();
+            let mut out = Trickle::taking(chunk);
+            write_all_frames(&mut out, &frames, None).await.unwrap();
             assert_eq!(out.written, expected);
             assert!(out.writes >= 3);
         }
@@ -346,12 +329,8 @@ mod tests {
                 .collect();
             let expected: Vec<u8> = frames.iter().flat_map(|f| f.frame().to_vec()).collect();
             for chunk in [size / 3 + 1, usize::MAX] {
-                let mut out = Trickle {
-                    written: Vec::new(),
-                    chunk,
-                    writes: 0,
-                };
-                write_all_vectored(&mut out, &frames, None).await.unwrap();
+                let mut out = Trickle::taking(chunk);
+                write_all_frames(&mut out, &frames, None).await.unwrap();
                 assert_eq!(out.written, expected);
             }
         }
@@ -359,18 +338,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_that_takes_nothing_is_an_error() {
-        let mut out = Trickle {
-            written: Vec::new(),
-            chunk: 0,
-            writes: 0,
-        };
+        let mut out = Trickle::taking(0);
         let frame = |f: &'static [u8]| [Outgoing::from(bytes::Bytes::from_static(f))];
-        let err = write_all_vectored(&mut out, &frame(b"x"), None)
+        let err = write_all_frames(&mut out, &frame(b"x"), None)
             .await
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::WriteZero);
-        write_all_vectored(&mut out, &frame(b""), None)
-            .await
-            .unwrap();
+        write_all_frames(&mut out, &frame(b""), None).await.unwrap();
     }
 }
