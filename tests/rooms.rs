@@ -299,6 +299,60 @@ async fn history_pages_are_complete_and_in_order() {
     );
 }
 
+/// A client that writes many `chan_in` at once (they reach the gateway in one read and are
+/// published as one burst): each is answered `ok` before the sender's own copy, every member
+/// gets all of them in order with consecutive offsets, and history holds them all.
+#[tokio::test]
+async fn messages_written_together_reach_every_member_in_order() {
+    let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;
+    let (_, _, [sender, member]) = env.app_with_users("acme", 0).await;
+    let ch = "burst";
+    let mut tx = env.ws_as(&sender).await;
+    let mut rx = env.ws_as(&member).await;
+    tx.join(ch).await;
+    rx.join(ch).await;
+    const N: usize = 40;
+    let texts = (0..N)
+        .map(|i| tx.message("chan_in", &format!("m{i}"), ch))
+        .collect();
+    tx.send_together(texts).await;
+
+    let mut acked = 0;
+    let mut own = Vec::new();
+    while own.len() < N {
+        let msg = tx.recv().await;
+        match msg["type"].as_str() {
+            Some("ok") => acked += 1,
+            Some("chan_out") => {
+                assert!(acked > own.len(), "ok before its own copy: {msg}");
+                own.push(msg);
+            }
+            _ => panic!("unexpected {msg}"),
+        }
+    }
+    assert_eq!(acked, N);
+    let mut theirs = Vec::new();
+    for _ in 0..N {
+        let msg = rx.recv().await;
+        assert_eq!(msg["type"], "chan_out", "{msg}");
+        theirs.push(msg);
+    }
+    for got in [&own, &theirs] {
+        let data: Vec<&str> = got.iter().map(|m| m["data"].as_str().unwrap()).collect();
+        let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+        assert_eq!(data, expected);
+        let offsets: Vec<u64> = got.iter().map(|m| m["offset"].as_u64().unwrap()).collect();
+        assert!(
+            offsets.windows(2).all(|w| w[1] == w[0] + 1),
+            "consecutive offsets: {offsets:?}"
+        );
+        assert!(got.iter().all(|m| m["sid"] == tx.sid.as_str()));
+    }
+    let page = rx.request("history", "{\"limit\":100}", ch).await;
+    let page: Value = serde_json::from_str(page["data"].as_str().unwrap()).unwrap();
+    assert_eq!(page["messages"].as_array().unwrap().len(), N);
+}
+
 #[tokio::test]
 async fn join_since_on_a_custom_channel_recovers_what_was_missed() {
     let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;

@@ -192,7 +192,7 @@ impl Hub {
                 }
                 let sight = sight_of(index, sub.conn, &mut filters);
                 if let Some(kind) = decide(index.level, &sub.reader, &event.change, sight) {
-                    delivery.record(wakes.push(&sub.outbox, frames.get(kind)));
+                    delivery.record(wakes.push(&sub.outbox, frames.get(kind)), 1);
                 }
             }
             stats.filter_evaluations += filters.evaluations();

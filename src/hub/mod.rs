@@ -104,9 +104,10 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    fn record(&mut self, push: Push) {
+    /// One push of `frames` frames to one connection.
+    fn record(&mut self, push: Push, frames: usize) {
         match push {
-            Push::Queued => self.delivered += 1,
+            Push::Queued => self.delivered += frames,
             Push::Overflow => self.slow_consumers += 1,
             Push::Closed => {}
         }

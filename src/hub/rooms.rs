@@ -129,10 +129,9 @@ struct Room {
 impl Room {
     /// One shared message for every member (compressed at most once, for those that
     /// negotiated permessage-deflate).
-    fn broadcast(&self, frame: &Bytes, delivery: &mut Delivery) {
-        let message = Outgoing::shared(frame.clone());
+    fn broadcast(&self, message: Outgoing, delivery: &mut Delivery) {
         for member in self.members.values() {
-            delivery.record(member.outbox.push(message.clone()));
+            delivery.record(member.outbox.push(message.clone()), message.frames());
         }
     }
 }
@@ -337,7 +336,7 @@ impl Hub {
             };
             let frame = event("", "presence_join", &member.to_json(), channel, None);
             self.rooms.presence.add(&key, member);
-            room.broadcast(&frame, &mut Delivery::default());
+            room.broadcast(Outgoing::shared(frame), &mut Delivery::default());
         }
         Ok(())
     }
@@ -362,7 +361,7 @@ impl Hub {
             };
             if let Some(gone) = self.rooms.presence.remove(&key, &member.sid) {
                 let frame = event("", "presence_leave", &gone.to_json(), channel, None);
-                room.broadcast(&frame, &mut Delivery::default());
+                room.broadcast(Outgoing::shared(frame), &mut Delivery::default());
             }
         }
         if room.members.is_empty() {
@@ -399,25 +398,39 @@ impl Hub {
         actor: Actor<'_>,
         data: &str,
     ) -> Result<Delivery, RoomError> {
+        self.publish_burst(app, channel, actor, &[data])
+    }
+
+    /// [`Hub::publish`] for several messages of one sender to one channel, in order: they get
+    /// consecutive offsets, and each member gets them as one queue entry (one push and one
+    /// wake-up per member for the burst, not per message).
+    pub fn publish_burst(
+        &self,
+        app: &str,
+        channel: &str,
+        actor: Actor<'_>,
+        data: &[&str],
+    ) -> Result<Delivery, RoomError> {
         self.may_publish(app, channel, actor)?;
         let policy = self.policy(channel);
         let mut delivery = Delivery::default();
         let channels = read(&self.rooms.channels);
         let room = channels.get(app).and_then(|rooms| rooms.get(channel));
         let _order = room.map(|room| lock(&room.order));
-        let offset = policy.history.then(|| {
-            self.rooms.history.append(
-                &ChannelKey::new(&app.into(), channel),
-                actor.sid(),
-                data,
-                self.rooms.retention(policy),
-            )
-        });
+        let key = ChannelKey::new(&app.into(), channel);
+        let frames: Vec<Bytes> = data
+            .iter()
+            .map(|data| {
+                let offset = policy.history.then(|| {
+                    self.rooms
+                        .history
+                        .append(&key, actor.sid(), data, self.rooms.retention(policy))
+                });
+                event(actor.sid(), "chan_out", data, channel, offset)
+            })
+            .collect();
         if let Some(room) = room {
-            room.broadcast(
-                &event(actor.sid(), "chan_out", data, channel, offset),
-                &mut delivery,
-            );
+            room.broadcast(Outgoing::burst(&frames), &mut delivery);
         }
         Ok(delivery)
     }
@@ -540,7 +553,7 @@ impl Hub {
         subscriber.outbox.push(ack);
         let mut delivery = Delivery::default();
         room.broadcast(
-            &event(sid, "room_meta", &text, channel, None),
+            Outgoing::shared(event(sid, "room_meta", &text, channel, None)),
             &mut delivery,
         );
         Ok(delivery)
@@ -564,7 +577,7 @@ impl Hub {
             return Ok(0);
         };
         room.broadcast(
-            &event("", "destroyed", channel, channel, None),
+            Outgoing::shared(event("", "destroyed", channel, channel, None)),
             &mut Delivery::default(),
         );
         Ok(room.members.len())

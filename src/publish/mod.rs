@@ -27,6 +27,18 @@ pub trait ChannelSink: Send + Sync + std::fmt::Debug {
     /// is claimed, so a refused message does not use up its key.
     fn admit(&self, msg: Outgoing<'_>) -> Result<(), Denied>;
     fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError>;
+    /// Several messages of `msg`'s sender to `msg`'s channel, in order (`msg.data` is not
+    /// used). One by one unless the sink can do better (the hub pushes them to each member as
+    /// one queue entry).
+    fn send_burst(&self, msg: Outgoing<'_>, data: &[&str]) -> Result<Delivery, SinkError> {
+        let mut total = Delivery::default();
+        for data in data {
+            let delivery = self.send(Outgoing { data, ..msg })?;
+            total.delivered += delivery.delivered;
+            total.slow_consumers += delivery.slow_consumers;
+        }
+        Ok(total)
+    }
     /// Ends a custom channel: members get `destroyed` and are removed; presence, metadata and
     /// history are dropped. Returns how many members it had.
     fn destroy(&self, app: &str, channel: &Channel) -> Result<usize, SinkError>;
@@ -54,7 +66,11 @@ impl ChannelSink for Hub {
     }
 
     fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError> {
-        self.publish(msg.app, msg.channel.name(), msg.sender, msg.data)
+        self.send_burst(msg, &[msg.data])
+    }
+
+    fn send_burst(&self, msg: Outgoing<'_>, data: &[&str]) -> Result<Delivery, SinkError> {
+        self.publish_burst(msg.app, msg.channel.name(), msg.sender, data)
             .map_err(|refused| match refused {
                 RoomError::Denied(denied) => SinkError::Denied(denied),
                 _ => SinkError::Refused,
@@ -195,20 +211,53 @@ impl Publisher {
             }
         }
         accepted();
-        let delivery = self.sink.send(msg).map_err(|error| match error {
-            SinkError::Denied(denied) => PublishError::Denied(denied),
-            SinkError::Refused => {
-                tracing::warn!(
-                    error = &error as &dyn std::error::Error,
-                    "channel publish failed"
-                );
-                PublishError::Unavailable
+        let delivery = self.sink.send(msg).map_err(sink_error)?;
+        self.delivered(delivery);
+        Ok(Published::Delivered(delivery))
+    }
+
+    /// Several messages of one sender to one channel, none with an idempotency key (so nothing
+    /// here waits; `msg.data` and `msg.idempotency_key` are not used). Each is checked as
+    /// [`Publisher::publish`] checks it and answered through `answered`, in order (`Ok`: it
+    /// will be answered `ok`), all before any delivery; the accepted ones then go to the sink
+    /// together, as one burst. `Err`: the sink refused the accepted ones after they were
+    /// answered.
+    pub fn publish_burst(
+        &self,
+        msg: Outgoing<'_>,
+        data: &[&str],
+        mut answered: impl FnMut(Result<(), PublishError>),
+    ) -> Result<Delivery, PublishError> {
+        // The same for every message of the burst: one sender, one channel.
+        let admitted = if self.sink.available() {
+            self.sink.admit(msg).map_err(PublishError::Denied)
+        } else {
+            Err(PublishError::Unavailable)
+        };
+        let mut accepted = Vec::with_capacity(data.len());
+        for &data in data {
+            if data.len() > self.max_message_bytes {
+                self.telemetry.drop_reason("message_too_large", 1);
+                answered(Err(PublishError::TooLarge));
+                continue;
             }
-        })?;
+            answered(admitted);
+            if admitted.is_ok() {
+                accepted.push(data);
+            }
+        }
+        if accepted.is_empty() {
+            return Ok(Delivery::default());
+        }
+        let delivery = self.sink.send_burst(msg, &accepted).map_err(sink_error)?;
+        self.delivered(delivery);
+        Ok(delivery)
+    }
+
+    fn delivered(&self, delivery: Delivery) {
         self.telemetry.delivered(delivery.delivered);
         self.telemetry
             .drop_reason("slow_consumer", delivery.slow_consumers);
-        Ok(Published::Delivered(delivery))
     }
 
     /// The server's own publish (no sender connection, sid `""`): `POST /publish`, and server
@@ -247,6 +296,19 @@ impl Publisher {
             );
             PublishError::Unavailable
         })
+    }
+}
+
+fn sink_error(error: SinkError) -> PublishError {
+    match error {
+        SinkError::Denied(denied) => PublishError::Denied(denied),
+        SinkError::Refused => {
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "channel publish failed"
+            );
+            PublishError::Unavailable
+        }
     }
 }
 

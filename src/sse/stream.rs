@@ -132,10 +132,12 @@ async fn slow_consumer(outbox: &Outbox) {
 /// Every queued message as one event each, in one chunk (one write for the batch).
 fn events(batch: &mut Vec<Outgoing>) -> Bytes {
     let mut out = BytesMut::new();
-    for frame in batch.drain(..) {
-        // Only text frames are queued for a stream; control frames are WebSocket-only.
-        if let Some(payload) = frame::text_payload(frame.frame()) {
-            push_event(&mut out, &payload);
+    for entry in batch.drain(..) {
+        for frame in entry.parts() {
+            // Only text frames are queued for a stream; control frames are WebSocket-only.
+            if let Some(payload) = frame::text_payload(&frame) {
+                push_event(&mut out, &payload);
+            }
         }
     }
     out.freeze()
@@ -165,5 +167,17 @@ mod tests {
             b"data: {\"type\":\"init\"}\n\ndata: {\"type\":\"ok\"}\n\n"
         );
         assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn a_burst_becomes_one_event_per_message() {
+        let mut batch = vec![Outgoing::burst(&[
+            frame::text(br#"{"n":1}"#),
+            frame::text(br#"{"n":2}"#),
+        ])];
+        assert_eq!(
+            &events(&mut batch)[..],
+            b"data: {\"n\":1}\n\ndata: {\"n\":2}\n\n"
+        );
     }
 }

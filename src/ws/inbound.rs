@@ -51,11 +51,19 @@ impl<R: AsyncRead + Unpin> InboundReader<R> {
     }
 
     pub async fn next(&mut self) -> Result<Inbound, End> {
-        let frame = self.reader.next().await.map_err(|error| match error {
-            WireError::TooBig => Some(CloseReason::TooBig),
-            WireError::Protocol => Some(CloseReason::ProtocolError),
-            WireError::Gone => None,
-        })?;
+        let frame = self.reader.next().await.map_err(wire_end)?;
+        self.take(frame)
+    }
+
+    /// What the next frame already read gives, if one is whole: never reads the socket.
+    pub fn buffered(&mut self) -> Option<Result<Inbound, End>> {
+        match self.reader.buffered() {
+            Ok(frame) => frame.map(|frame| self.take(frame)),
+            Err(error) => Some(Err(wire_end(error))),
+        }
+    }
+
+    fn take(&mut self, frame: ClientFrame) -> Result<Inbound, End> {
         // §5.1: a server must close on an unmasked client frame.
         if !frame.masked {
             return Err(Some(CloseReason::Unmasked));
@@ -65,6 +73,14 @@ impl<R: AsyncRead + Unpin> InboundReader<R> {
             return Err(Some(CloseReason::ProtocolError));
         }
         accept(&mut self.partial, self.max_message_bytes, frame)
+    }
+}
+
+fn wire_end(error: WireError) -> End {
+    match error {
+        WireError::TooBig => Some(CloseReason::TooBig),
+        WireError::Protocol => Some(CloseReason::ProtocolError),
+        WireError::Gone => None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! One connection's protocol state machine: typed requests in, replies and hub calls out
 //! (PROTOCOL.md §3).
 
+mod burst;
 mod rooms;
 
 use super::limits::{AppSlot, RateLimiter};
@@ -11,11 +12,12 @@ use crate::hub::{Actor, ConnId, Delivery, Joined, Outbox, RoomError, RoomJoin, S
 use crate::livequery::{SnapshotError, SnapshotJoin};
 use crate::permission::Reader;
 use crate::protocol::{
-    self, encode, frame, Channel, ChannelError, ChannelKind, ClientMessage, CloseReason, Envelope,
+    encode, frame, Channel, ChannelError, ChannelKind, ClientMessage, CloseReason, Envelope,
     JoinRequest, ParseError, Request, Since,
 };
 use crate::publish::Outgoing;
 use rand::Rng;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 use walcast_replication::Lsn;
@@ -113,14 +115,6 @@ impl Session {
         self.push(&Envelope::reply("", "init", &self.sid));
     }
 
-    /// The rate limit comes first: a refused message is not even parsed.
-    pub async fn handle(&mut self, payload: &[u8]) -> Next {
-        if !self.admit() {
-            return Next::Continue;
-        }
-        self.dispatch(protocol::parse_client(payload)).await
-    }
-
     /// A message its transport already parsed (SSE reads the sid to find the session).
     pub async fn handle_parsed(&mut self, parsed: Result<ClientMessage, ParseError>) -> Next {
         if !self.admit() {
@@ -132,10 +126,14 @@ impl Session {
     fn admit(&mut self) -> bool {
         let allowed = self.rate.allow();
         if !allowed {
-            self.ctx.telemetry.drop_reason("rate_limited", 1);
-            self.error("rate limit exceeded");
+            self.refuse_rate();
         }
         allowed
+    }
+
+    fn refuse_rate(&self) {
+        self.ctx.telemetry.drop_reason("rate_limited", 1);
+        self.error("rate limit exceeded");
     }
 
     /// On SSE an authenticated session accepts only messages carrying its token.
@@ -149,25 +147,32 @@ impl Session {
     }
 
     async fn dispatch(&mut self, parsed: Result<ClientMessage, ParseError>) -> Next {
-        let Ok(msg) = parsed else {
-            self.error(ParseError::CLIENT_MESSAGE);
-            return Next::Continue;
-        };
+        match self.request(parsed) {
+            Ok(request) => self.serve(request).await,
+            Err(refused) => {
+                self.error(&refused);
+                Next::Continue
+            }
+        }
+    }
+
+    /// The request a parsed message makes, or why it is refused (the `error` text), before
+    /// anything is answered: a burst answers what came before it first.
+    fn request(
+        &self,
+        parsed: Result<ClientMessage, ParseError>,
+    ) -> Result<Request, Cow<'static, str>> {
+        let msg = parsed.map_err(|_| Cow::Borrowed(ParseError::CLIENT_MESSAGE))?;
         if msg.sid != self.sid {
-            self.error("invalid sid");
-            return Next::Continue;
+            return Err("invalid sid".into());
         }
         if !self.bound_to(&msg.token) {
-            self.error("invalid token");
-            return Next::Continue;
+            return Err("invalid token".into());
         }
-        let request = match Request::from_message(msg) {
-            Ok(request) => request,
-            Err(unknown) => {
-                self.error(&unknown.to_string());
-                return Next::Continue;
-            }
-        };
+        Request::from_message(msg).map_err(|unknown| unknown.to_string().into())
+    }
+
+    async fn serve(&mut self, request: Request) -> Next {
         match request {
             Request::Echo {
                 data,

@@ -86,6 +86,11 @@ async fn run(
     tracing::debug!("disconnected");
 }
 
+/// Messages handed to the session together at most, and their bytes: a burst's `chan_out`
+/// frames become one queue entry per member, which stays a modest size.
+const MAX_BURST: usize = 64;
+const MAX_BURST_BYTES: usize = 64 << 10;
+
 /// The reader task's side of a connection: every inbound frame is activity, pings are
 /// answered, whole messages go to the session in order.
 struct ReadSide<R> {
@@ -95,15 +100,22 @@ struct ReadSide<R> {
 }
 
 impl<R: AsyncRead + Unpin> ReadSide<R> {
-    /// Until reading ends or the session asks to close.
+    /// Until reading ends or the session asks to close. Whole messages that are already read
+    /// when one is taken are handed to the session with it, as one burst.
     async fn run(&mut self, ctx: &WsContext, session: &mut Session) -> End {
+        // What a burst stopped at (a control frame, a fragment, an error): handled next.
+        let mut pending = None;
         loop {
-            let inbound = match self.inbound.next().await {
+            let inbound = match pending.take() {
+                Some(inbound) => inbound,
+                None => self.inbound.next().await,
+            };
+            let inbound = match inbound {
                 Ok(inbound) => inbound,
                 Err(end) => return end,
             };
             self.activity.touch();
-            let message = match inbound {
+            let first = match inbound {
                 Inbound::Text(message) => message,
                 Inbound::Fragment | Inbound::Pong => continue,
                 Inbound::Ping(payload) => {
@@ -111,12 +123,28 @@ impl<R: AsyncRead + Unpin> ReadSide<R> {
                     continue;
                 }
             };
-            ctx.telemetry.message_in();
-            // Boxed: `handle` (with the auth lookup's database future) is ~2.6 KB, and held
-            // inline it would make every idle connection's task that much bigger. One
-            // short-lived allocation per inbound message is cheaper than 2.6 KB per connection
-            // for its life.
-            if let Next::Close(reason) = Box::pin(session.handle(&message)).await {
+            let mut bytes = first.len();
+            let mut burst = vec![first];
+            while burst.len() < MAX_BURST && bytes < MAX_BURST_BYTES {
+                match self.inbound.buffered() {
+                    Some(Ok(Inbound::Text(message))) => {
+                        bytes += message.len();
+                        burst.push(message);
+                    }
+                    other => {
+                        pending = other;
+                        break;
+                    }
+                }
+            }
+            for _ in &burst {
+                ctx.telemetry.message_in();
+            }
+            // Boxed: `handle_burst` (with the auth lookup's database future) is ~2.6 KB, and
+            // held inline it would make every idle connection's task that much bigger. One
+            // short-lived allocation per burst is cheaper than 2.6 KB per connection for its
+            // life.
+            if let Next::Close(reason) = Box::pin(session.handle_burst(&burst)).await {
                 return Some(reason);
             }
         }

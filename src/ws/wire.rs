@@ -97,6 +97,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// A whole frame already read, if there is one: never reads the socket.
+    pub fn buffered(&mut self) -> Result<Option<ClientFrame>, WireError> {
+        self.parse()
+    }
+
     /// Reads into a stack buffer and keeps only what arrived: a connection waiting here for its
     /// next message holds no read buffer of its own.
     async fn read_into_empty(&mut self) -> std::io::Result<usize> {

@@ -259,6 +259,20 @@ impl Ws {
             .expect("send");
     }
 
+    /// Several messages in one write, as a client that batches its sends writes them.
+    pub async fn send_together(&mut self, texts: Vec<String>) {
+        for text in texts {
+            self.stream.feed(Message::text(text)).await.expect("send");
+        }
+        self.stream.flush().await.expect("send");
+    }
+
+    /// A message with this connection's sid and websocket token.
+    pub fn message(&self, kind: &str, data: &str, channel: &str) -> String {
+        json!({"sid": self.sid, "type": kind, "data": data, "channel": channel, "token": self.token})
+            .to_string()
+    }
+
     /// Sends a message with this connection's sid and websocket token.
     pub async fn send(&mut self, kind: &str, data: &str, channel: &str) {
         let msg = json!({"sid": self.sid, "type": kind, "data": data, "channel": channel, "token": self.token});

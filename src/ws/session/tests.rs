@@ -114,24 +114,47 @@ impl Client {
 
     /// Every frame queued so far, as JSON.
     fn replies(&self) -> Vec<Value> {
+        self.entries().into_iter().flatten().collect()
+    }
+
+    /// Every queue entry so far, each as its frames' JSON.
+    fn entries(&self) -> Vec<Vec<Value>> {
         let mut batch = Vec::new();
         let _ = self.outbox.next_batch(&mut batch).now_or_never();
-        batch.iter().map(|f| text_payload(f.frame())).collect()
+        batch
+            .iter()
+            .map(|entry| entry.parts().map(|f| text_payload(&f)).collect())
+            .collect()
     }
 
     fn send_raw(&mut self, payload: &str) -> Next {
+        self.send_together(&[payload.to_owned()])
+    }
+
+    /// Messages that arrived together (one read).
+    fn send_together(&mut self, payloads: &[String]) -> Next {
+        let payloads: Vec<bytes::Bytes> = payloads
+            .iter()
+            .map(|p| bytes::Bytes::copy_from_slice(p.as_bytes()))
+            .collect();
         self.session
-            .handle(payload.as_bytes())
+            .handle_burst(&payloads)
             .now_or_never()
             .expect("the in-memory lookup never waits")
     }
 
+    /// A message with this session's sid and current token.
+    fn message(&self, kind: &str, data: &str, channel: &str) -> String {
+        serde_json::json!({
+            "sid": self.sid, "type": kind, "data": data, "channel": channel, "token": self.token,
+        })
+        .to_string()
+    }
+
     /// Sends a message with this session's sid and current token.
     fn send(&mut self, kind: &str, data: &str, channel: &str) -> Next {
-        let message = serde_json::json!({
-            "sid": self.sid, "type": kind, "data": data, "channel": channel, "token": self.token,
-        });
-        self.send_raw(&message.to_string())
+        let message = self.message(kind, data, channel);
+        self.send_raw(&message)
     }
 
     /// Sends and returns the one reply.
@@ -260,6 +283,99 @@ fn join_publish_leave() {
     // Leaving a channel one is not in is answered the same way.
     let left = bob.ask("leave", "never-joined", "");
     assert_eq!(left["type"], "left");
+}
+
+/// `chan_in` that arrive together go out as one burst: every member gets them as one queue
+/// entry, in order; the sender's `ok`s all come before its own copies.
+#[test]
+fn messages_that_arrive_together_are_published_as_one_burst() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut alice = Client::connect(&ctx, 1);
+    let mut bob = Client::connect(&ctx, 2);
+    alice.login("jwt-alice");
+    bob.login("jwt-bob");
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.ask("join", "room", "")["type"], "joined");
+    }
+    let burst: Vec<String> = ["1", "2", "3"]
+        .iter()
+        .map(|data| alice.message("chan_in", data, "room"))
+        .collect();
+    assert_eq!(alice.send_together(&burst), Next::Continue);
+    let kinds: Vec<Value> = alice.replies().iter().map(|r| r["type"].clone()).collect();
+    assert_eq!(
+        kinds,
+        ["ok", "ok", "ok", "chan_out", "chan_out", "chan_out"]
+    );
+    let entries = bob.entries();
+    assert_eq!(entries.len(), 1, "one queue entry for the burst");
+    let data: Vec<&Value> = entries[0].iter().map(|r| &r["data"]).collect();
+    assert_eq!(data, ["1", "2", "3"]);
+    assert!(entries[0].iter().all(|r| r["type"] == "chan_out"));
+}
+
+/// Anything else in a burst keeps its place: the run before it is answered and published
+/// first, and a refused message (bad token, rate limit) ends the run.
+#[test]
+fn a_burst_keeps_every_reply_in_place() {
+    let config = WsConfig {
+        rate_per_sec: 1,
+        rate_burst: 8,
+        ..WsConfig::default()
+    };
+    let ctx = context(config, 10);
+    let mut alice = Client::connect(&ctx, 1);
+    let mut bob = Client::connect(&ctx, 2);
+    alice.login("jwt-alice");
+    bob.login("jwt-bob");
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.ask("join", "room", "")["type"], "joined");
+    }
+    let mut burst = vec![
+        alice.message("chan_in", "a", "room"),
+        alice.message("chan_in", "b", "room"),
+        alice.message("echo", "e", ""),
+        alice.message("chan_in", "c", "room"),
+    ];
+    let mut forged = serde_json::from_str::<Value>(&burst[0]).unwrap();
+    forged["token"] = "forged".into();
+    forged["data"] = "x".into();
+    burst.push(forged.to_string());
+    burst.push(alice.message("chan_in", "d", "room"));
+    // Two of the eight allowed went to auth and join: six more pass, the rest is refused.
+    burst.push(alice.message("chan_in", "late", "room"));
+    burst.push(alice.message("chan_in", "later", "room"));
+    assert_eq!(alice.send_together(&burst), Next::Continue);
+    let seen: Vec<String> = alice
+        .replies()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["type"].as_str().unwrap(),
+                r["data"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "ok ",
+            "ok ",
+            "chan_out a",
+            "chan_out b",
+            "echo echo: e",
+            "ok ",
+            "chan_out c",
+            "error invalid token",
+            "ok ",
+            "chan_out d",
+            "error rate limit exceeded",
+            "error rate limit exceeded",
+        ]
+    );
+    let data: Vec<Value> = bob.replies().iter().map(|r| r["data"].clone()).collect();
+    assert_eq!(data, ["a", "b", "c", "d"]);
 }
 
 #[test]
