@@ -300,8 +300,8 @@ async fn history_pages_are_complete_and_in_order() {
 }
 
 /// A client that writes many `chan_in` at once (they reach the gateway in one read and are
-/// published as one burst): each is answered `ok` before the sender's own copy, every member
-/// gets all of them in order with consecutive offsets, and history holds them all.
+/// published as one burst): each is answered `ok` right before the sender's own copy, every
+/// member gets all of them in order with consecutive offsets, and history holds them all.
 #[tokio::test]
 async fn messages_written_together_reach_every_member_in_order() {
     let env = TestEnv::start_with(|s| s.ws.rate_per_sec = 0).await;
@@ -317,20 +317,15 @@ async fn messages_written_together_reach_every_member_in_order() {
         .collect();
     tx.send_together(texts).await;
 
-    let mut acked = 0;
+    // As if they had come one by one: each `ok` right before the sender's own copy.
     let mut own = Vec::new();
-    while own.len() < N {
+    for _ in 0..N {
+        let ok = tx.recv().await;
+        assert_eq!(ok["type"], "ok", "{ok}");
         let msg = tx.recv().await;
-        match msg["type"].as_str() {
-            Some("ok") => acked += 1,
-            Some("chan_out") => {
-                assert!(acked > own.len(), "ok before its own copy: {msg}");
-                own.push(msg);
-            }
-            _ => panic!("unexpected {msg}"),
-        }
+        assert_eq!(msg["type"], "chan_out", "{msg}");
+        own.push(msg);
     }
-    assert_eq!(acked, N);
     let mut theirs = Vec::new();
     for _ in 0..N {
         let msg = rx.recv().await;

@@ -26,7 +26,7 @@ pub use dispatch::DispatchStats;
 pub use history::WindowConfig;
 pub use outbox::{Outbox, Push, Wakes};
 pub use presence::{Member, MemoryPresence, PresenceStore};
-pub use rooms::{Actor, RoomConfig, RoomError, RoomJoin, Rooms};
+pub use rooms::{Actor, Answer, RoomConfig, RoomError, RoomJoin, Rooms};
 pub use snapshot::{SnapshotOverrun, RECENT_TRANSACTIONS};
 
 use crate::event::{CommittedEvents, Position};

@@ -129,9 +129,12 @@ struct Room {
 impl Room {
     /// One shared message for every member (compressed at most once, for those that
     /// negotiated permessage-deflate).
-    fn broadcast(&self, message: Outgoing, delivery: &mut Delivery) {
-        for member in self.members.values() {
-            delivery.record(member.outbox.push(message.clone()), message.frames());
+    /// To every member but `except` (a sender answered on its own, see [`Hub::publish_burst`]).
+    fn broadcast(&self, message: Outgoing, except: Option<ConnId>, delivery: &mut Delivery) {
+        for (conn, member) in &self.members {
+            if Some(*conn) != except {
+                delivery.record(member.outbox.push(message.clone()), message.frames());
+            }
         }
     }
 }
@@ -189,6 +192,28 @@ impl Rooms {
     pub fn presence_members(&self) -> usize {
         self.presence.member_count()
     }
+}
+
+/// A reply to one message of a burst's sender (see [`Hub::publish_burst`]).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The encoded reply frame (`ok`, or the refusal).
+    pub reply: Bytes,
+    /// The message is published: it is among the burst's data, in order.
+    pub published: bool,
+}
+
+/// The sender's frames for a burst: each reply, followed by its own copy when it is a member.
+fn answered(answers: &[Answer], copies: &[Bytes], member: bool) -> Vec<Bytes> {
+    let mut copies = copies.iter().filter(|_| member);
+    let mut own = Vec::with_capacity(answers.len() * 2);
+    for answer in answers {
+        own.push(answer.reply.clone());
+        if answer.published {
+            own.extend(copies.next().cloned());
+        }
+    }
+    own
 }
 
 fn event(sid: &str, kind: &str, data: &str, channel: &str, offset: Option<u64>) -> Bytes {
@@ -336,7 +361,7 @@ impl Hub {
             };
             let frame = event("", "presence_join", &member.to_json(), channel, None);
             self.rooms.presence.add(&key, member);
-            room.broadcast(Outgoing::shared(frame), &mut Delivery::default());
+            room.broadcast(Outgoing::shared(frame), None, &mut Delivery::default());
         }
         Ok(())
     }
@@ -361,7 +386,7 @@ impl Hub {
             };
             if let Some(gone) = self.rooms.presence.remove(&key, &member.sid) {
                 let frame = event("", "presence_leave", &gone.to_json(), channel, None);
-                room.broadcast(Outgoing::shared(frame), &mut Delivery::default());
+                room.broadcast(Outgoing::shared(frame), None, &mut Delivery::default());
             }
         }
         if room.members.is_empty() {
@@ -398,18 +423,25 @@ impl Hub {
         actor: Actor<'_>,
         data: &str,
     ) -> Result<Delivery, RoomError> {
-        self.publish_burst(app, channel, actor, &[data])
+        self.publish_burst(app, channel, actor, &[data], &[])
     }
 
     /// [`Hub::publish`] for several messages of one sender to one channel, in order: they get
     /// consecutive offsets, and each member gets them as one queue entry (one push and one
     /// wake-up per member for the burst, not per message).
+    ///
+    /// `answers`: the sending connection's replies, one per message it sent (`data` holds the
+    /// published ones), pushed with the burst under the room's order lock. A sender that is a
+    /// member gets each reply right before its own copy, so every connection sees what it would
+    /// have seen had the messages been published one by one. Empty: the caller has answered.
+    /// Nothing is pushed when the rules refuse the burst.
     pub fn publish_burst(
         &self,
         app: &str,
         channel: &str,
         actor: Actor<'_>,
         data: &[&str],
+        answers: &[Answer],
     ) -> Result<Delivery, RoomError> {
         self.may_publish(app, channel, actor)?;
         let policy = self.policy(channel);
@@ -429,8 +461,22 @@ impl Hub {
                 event(actor.sid(), "chan_out", data, channel, offset)
             })
             .collect();
+        let sender = match actor {
+            Actor::Connection { subscriber, .. } if !answers.is_empty() => Some(subscriber),
+            _ => None,
+        };
+        let sender_member = sender
+            .filter(|sender| room.is_some_and(|room| room.members.contains_key(&sender.conn)));
+        if let Some(sender) = sender {
+            let own = answered(answers, &frames, sender_member.is_some());
+            let pushed = sender.outbox.push(Outgoing::burst(&own));
+            if sender_member.is_some() {
+                delivery.record(pushed, frames.len());
+            }
+        }
         if let Some(room) = room {
-            room.broadcast(Outgoing::burst(&frames), &mut delivery);
+            let except = sender_member.map(|sender| sender.conn);
+            room.broadcast(Outgoing::burst(&frames), except, &mut delivery);
         }
         Ok(delivery)
     }
@@ -554,6 +600,7 @@ impl Hub {
         let mut delivery = Delivery::default();
         room.broadcast(
             Outgoing::shared(event(sid, "room_meta", &text, channel, None)),
+            None,
             &mut delivery,
         );
         Ok(delivery)
@@ -578,6 +625,7 @@ impl Hub {
         };
         room.broadcast(
             Outgoing::shared(event("", "destroyed", channel, channel, None)),
+            None,
             &mut Delivery::default(),
         );
         Ok(room.members.len())

@@ -13,10 +13,11 @@ pub use idempotency::{
     Claim, IdempotencyConfig, IdempotencyStore, MemoryIdempotency, Scope, StoreError, MAX_KEY_BYTES,
 };
 
-use crate::hub::{Actor, Delivery, Hub, RoomError};
+use crate::hub::{Actor, Answer, Delivery, Hub, RoomError};
 use crate::protocol::{Channel, ChannelError};
 use crate::rules::Denied;
 use crate::telemetry::Telemetry;
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// The custom channels' transport: applies the channel rules, gives each message its offset in
@@ -28,16 +29,16 @@ pub trait ChannelSink: Send + Sync + std::fmt::Debug {
     fn admit(&self, msg: Outgoing<'_>) -> Result<(), Denied>;
     fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError>;
     /// Several messages of `msg`'s sender to `msg`'s channel, in order (`msg.data` is not
-    /// used). One by one unless the sink can do better (the hub pushes them to each member as
-    /// one queue entry).
-    fn send_burst(&self, msg: Outgoing<'_>, data: &[&str]) -> Result<Delivery, SinkError> {
-        let mut total = Delivery::default();
-        for data in data {
-            let delivery = self.send(Outgoing { data, ..msg })?;
-            total.delivered += delivery.delivered;
-            total.slow_consumers += delivery.slow_consumers;
-        }
-        Ok(total)
+    /// used), with the sending connection's `answers` (see [`Hub::publish_burst`]). `None`:
+    /// this sink takes messages one by one (the caller then sends them with [`ChannelSink::send`]).
+    fn send_burst(
+        &self,
+        msg: Outgoing<'_>,
+        data: &[&str],
+        answers: &[Answer],
+    ) -> Option<Result<Delivery, SinkError>> {
+        let _ = (msg, data, answers);
+        None
     }
     /// Ends a custom channel: members get `destroyed` and are removed; presence, metadata and
     /// history are dropped. Returns how many members it had.
@@ -66,15 +67,20 @@ impl ChannelSink for Hub {
     }
 
     fn send(&self, msg: Outgoing<'_>) -> Result<Delivery, SinkError> {
-        self.send_burst(msg, &[msg.data])
+        self.publish(msg.app, msg.channel.name(), msg.sender, msg.data)
+            .map_err(room_error)
     }
 
-    fn send_burst(&self, msg: Outgoing<'_>, data: &[&str]) -> Result<Delivery, SinkError> {
-        self.publish_burst(msg.app, msg.channel.name(), msg.sender, data)
-            .map_err(|refused| match refused {
-                RoomError::Denied(denied) => SinkError::Denied(denied),
-                _ => SinkError::Refused,
-            })
+    fn send_burst(
+        &self,
+        msg: Outgoing<'_>,
+        data: &[&str],
+        answers: &[Answer],
+    ) -> Option<Result<Delivery, SinkError>> {
+        Some(
+            self.publish_burst(msg.app, msg.channel.name(), msg.sender, data, answers)
+                .map_err(room_error),
+        )
     }
 
     fn destroy(&self, app: &str, channel: &Channel) -> Result<usize, SinkError> {
@@ -216,42 +222,90 @@ impl Publisher {
         Ok(Published::Delivered(delivery))
     }
 
-    /// Several messages of one sender to one channel, none with an idempotency key (so nothing
-    /// here waits; `msg.data` and `msg.idempotency_key` are not used). Each is checked as
-    /// [`Publisher::publish`] checks it and answered through `answered`, in order (`Ok`: it
-    /// will be answered `ok`), all before any delivery; the accepted ones then go to the sink
-    /// together, as one burst. `Err`: the sink refused the accepted ones after they were
-    /// answered.
+    /// Several messages of one connection to one channel, none with an idempotency key (so
+    /// nothing here waits; `msg.data` and `msg.idempotency_key` are not used). Each is checked
+    /// as [`Publisher::publish`] checks it and answered with the frame `reply` makes of its
+    /// outcome (`Ok`: `ok`), and the sender sees exactly what it would have seen had they come
+    /// one by one: each reply before its own copy, a refusal in its place. A sink that takes
+    /// bursts (the hub) gets the accepted ones together, with the replies; any other gets them
+    /// one by one.
     pub fn publish_burst(
         &self,
         msg: Outgoing<'_>,
         data: &[&str],
-        mut answered: impl FnMut(Result<(), PublishError>),
-    ) -> Result<Delivery, PublishError> {
+        reply: impl Fn(Result<(), PublishError>) -> Bytes,
+    ) -> Delivery {
+        let Actor::Connection { subscriber, .. } = msg.sender else {
+            return Delivery::default();
+        };
         // The same for every message of the burst: one sender, one channel.
         let admitted = if self.sink.available() {
             self.sink.admit(msg).map_err(PublishError::Denied)
         } else {
             Err(PublishError::Unavailable)
         };
-        let mut accepted = Vec::with_capacity(data.len());
-        for &data in data {
-            if data.len() > self.max_message_bytes {
-                self.telemetry.drop_reason("message_too_large", 1);
-                answered(Err(PublishError::TooLarge));
-                continue;
+        let verdicts: Vec<Result<(), PublishError>> = data
+            .iter()
+            .map(|data| {
+                if data.len() > self.max_message_bytes {
+                    self.telemetry.drop_reason("message_too_large", 1);
+                    return Err(PublishError::TooLarge);
+                }
+                admitted
+            })
+            .collect();
+        let accepted: Vec<&str> = data
+            .iter()
+            .zip(&verdicts)
+            .filter(|(_, verdict)| verdict.is_ok())
+            .map(|(data, _)| *data)
+            .collect();
+        let answers: Vec<Answer> = verdicts
+            .iter()
+            .map(|verdict| Answer {
+                reply: reply(*verdict),
+                published: verdict.is_ok(),
+            })
+            .collect();
+        let burst = if accepted.is_empty() {
+            None
+        } else {
+            self.sink.send_burst(msg, &accepted, &answers)
+        };
+        let mut delivery = Delivery::default();
+        match burst {
+            Some(Ok(sent)) => delivery = sent,
+            // Nothing was pushed: answered as one by one would have been (`ok`, then the error).
+            Some(Err(error)) => {
+                let error = reply(Err(sink_error(error)));
+                for answer in &answers {
+                    subscriber.outbox.push(answer.reply.clone());
+                    if answer.published {
+                        subscriber.outbox.push(error.clone());
+                    }
+                }
             }
-            answered(admitted);
-            if admitted.is_ok() {
-                accepted.push(data);
+            None => {
+                let mut accepted = accepted.iter();
+                for answer in &answers {
+                    subscriber.outbox.push(answer.reply.clone());
+                    let Some(data) = answer.published.then(|| accepted.next()).flatten() else {
+                        continue;
+                    };
+                    match self.sink.send(Outgoing { data, ..msg }) {
+                        Ok(sent) => {
+                            delivery.delivered += sent.delivered;
+                            delivery.slow_consumers += sent.slow_consumers;
+                        }
+                        Err(error) => {
+                            subscriber.outbox.push(reply(Err(sink_error(error))));
+                        }
+                    }
+                }
             }
         }
-        if accepted.is_empty() {
-            return Ok(Delivery::default());
-        }
-        let delivery = self.sink.send_burst(msg, &accepted).map_err(sink_error)?;
         self.delivered(delivery);
-        Ok(delivery)
+        delivery
     }
 
     fn delivered(&self, delivery: Delivery) {
@@ -296,6 +350,13 @@ impl Publisher {
             );
             PublishError::Unavailable
         })
+    }
+}
+
+fn room_error(refused: RoomError) -> SinkError {
+    match refused {
+        RoomError::Denied(denied) => SinkError::Denied(denied),
+        _ => SinkError::Refused,
     }
 }
 

@@ -4,8 +4,8 @@
 
 use super::{Next, Session};
 use crate::hub::{Actor, Subscriber};
-use crate::protocol::{self, Channel, Request};
-use crate::publish::Outgoing;
+use crate::protocol::{self, encode, frame, Channel, Envelope, Request};
+use crate::publish::{Outgoing, PublishError};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -19,9 +19,8 @@ struct Run {
 
 impl Session {
     /// Handles `payloads` in order, each as [`Session::handle_parsed`] would (the rate limit
-    /// first: a refused message is not even parsed), with one
-    /// difference in what a sender sees: a burst's `ok` replies all come before its own copies
-    /// of the burst (each `ok` still before its copy). Every other reply keeps its place.
+    /// first: a refused message is not even parsed); what every connection sees is the same as
+    /// if they had been handled one at a time.
     pub async fn handle_burst(&mut self, payloads: &[Bytes]) -> Next {
         let mut run: Option<Run> = None;
         for payload in payloads {
@@ -70,8 +69,8 @@ impl Session {
         Next::Continue
     }
 
-    /// Answers each message of the run (`ok` or its refusal), then publishes the accepted ones
-    /// together.
+    /// Publishes the run's messages together; the sender is answered as if they had come one by
+    /// one (see [`crate::publish::Publisher::publish_burst`]).
     fn publish_run(&self, run: Option<Run>) {
         let Some(run) = run else {
             return;
@@ -87,15 +86,13 @@ impl Session {
             },
             idempotency_key: None,
         };
-        let published = self
-            .ctx
-            .publisher
-            .publish_burst(msg, &data, |answer| match answer {
-                Ok(()) => self.reply("ok", ""),
-                Err(refused) => self.error(refused.message()),
-            });
-        if let Err(refused) = published {
-            self.error(refused.message());
-        }
+        let reply = |answer: Result<(), PublishError>| {
+            let (kind, data) = match answer {
+                Ok(()) => ("ok", ""),
+                Err(refused) => ("error", refused.message()),
+            };
+            frame::text(&encode(&Envelope::reply(&self.sid, kind, data)))
+        };
+        self.ctx.publisher.publish_burst(msg, &data, reply);
     }
 }

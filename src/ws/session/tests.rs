@@ -286,7 +286,8 @@ fn join_publish_leave() {
 }
 
 /// `chan_in` that arrive together go out as one burst: every member gets them as one queue
-/// entry, in order; the sender's `ok`s all come before its own copies.
+/// entry, in order; the sender, a member too, sees each `ok` right before its own copy, as if
+/// they had come one by one.
 #[test]
 fn messages_that_arrive_together_are_published_as_one_burst() {
     let ctx = context(WsConfig::default(), 10);
@@ -302,10 +303,28 @@ fn messages_that_arrive_together_are_published_as_one_burst() {
         .map(|data| alice.message("chan_in", data, "room"))
         .collect();
     assert_eq!(alice.send_together(&burst), Next::Continue);
-    let kinds: Vec<Value> = alice.replies().iter().map(|r| r["type"].clone()).collect();
+    let own = alice.entries();
+    assert_eq!(own.len(), 1, "the sender's replies and copies as one entry");
+    let seen: Vec<String> = own[0]
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["type"].as_str().unwrap(),
+                r["data"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(
-        kinds,
-        ["ok", "ok", "ok", "chan_out", "chan_out", "chan_out"]
+        seen,
+        [
+            "ok ",
+            "chan_out 1",
+            "ok ",
+            "chan_out 2",
+            "ok ",
+            "chan_out 3"
+        ]
     );
     let entries = bob.entries();
     assert_eq!(entries.len(), 1, "one queue entry for the burst");
@@ -314,8 +333,8 @@ fn messages_that_arrive_together_are_published_as_one_burst() {
     assert!(entries[0].iter().all(|r| r["type"] == "chan_out"));
 }
 
-/// Anything else in a burst keeps its place: the run before it is answered and published
-/// first, and a refused message (bad token, rate limit) ends the run.
+/// Every reply keeps its place in a burst: a run is answered and published before whatever
+/// follows it, and a refused message (bad token, rate limit) ends the run.
 #[test]
 fn a_burst_keeps_every_reply_in_place() {
     let config = WsConfig {
@@ -361,8 +380,8 @@ fn a_burst_keeps_every_reply_in_place() {
         seen,
         [
             "ok ",
-            "ok ",
             "chan_out a",
+            "ok ",
             "chan_out b",
             "echo echo: e",
             "ok ",
@@ -376,6 +395,29 @@ fn a_burst_keeps_every_reply_in_place() {
     );
     let data: Vec<Value> = bob.replies().iter().map(|r| r["data"].clone()).collect();
     assert_eq!(data, ["a", "b", "c", "d"]);
+}
+
+/// A sender that is not a member gets its replies only; one refused for its size keeps its
+/// place between the others, and members get only what was published.
+#[test]
+fn a_burst_from_a_non_member_answers_in_order() {
+    let ctx = context(WsConfig::default(), 10);
+    let mut alice = Client::connect(&ctx, 1);
+    let mut bob = Client::connect(&ctx, 2);
+    alice.login("jwt-alice");
+    bob.login("jwt-bob");
+    assert_eq!(bob.ask("join", "room", "")["type"], "joined");
+    let big = "x".repeat(64 * 1024 + 1);
+    let burst = vec![
+        alice.message("chan_in", "1", "room"),
+        alice.message("chan_in", &big, "room"),
+        alice.message("chan_in", "3", "room"),
+    ];
+    assert_eq!(alice.send_together(&burst), Next::Continue);
+    let kinds: Vec<Value> = alice.replies().iter().map(|r| r["type"].clone()).collect();
+    assert_eq!(kinds, ["ok", "error", "ok"]);
+    let data: Vec<Value> = bob.replies().iter().map(|r| r["data"].clone()).collect();
+    assert_eq!(data, ["1", "3"]);
 }
 
 #[test]
