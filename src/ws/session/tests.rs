@@ -173,6 +173,32 @@ impl Client {
     }
 }
 
+/// Alice and Bob, authenticated, both members of `room`.
+fn both_in_room(ctx: &Arc<WsContext>) -> (Client, Client) {
+    let mut alice = Client::connect(ctx, 1);
+    let mut bob = Client::connect(ctx, 2);
+    alice.login("jwt-alice");
+    bob.login("jwt-bob");
+    for client in [&mut alice, &mut bob] {
+        assert_eq!(client.ask("join", "room", "")["type"], "joined");
+    }
+    (alice, bob)
+}
+
+/// Each reply as `"<type> <data>"`.
+fn brief(replies: &[Value]) -> Vec<String> {
+    replies
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["type"].as_str().unwrap(),
+                r["data"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// The JSON of one unmasked server text frame.
 fn text_payload(frame: &bytes::Bytes) -> Value {
     let payload = crate::protocol::frame::text_payload(frame).expect("a final text frame");
@@ -291,13 +317,7 @@ fn join_publish_leave() {
 #[test]
 fn messages_that_arrive_together_are_published_as_one_burst() {
     let ctx = context(WsConfig::default(), 10);
-    let mut alice = Client::connect(&ctx, 1);
-    let mut bob = Client::connect(&ctx, 2);
-    alice.login("jwt-alice");
-    bob.login("jwt-bob");
-    for client in [&mut alice, &mut bob] {
-        assert_eq!(client.ask("join", "room", "")["type"], "joined");
-    }
+    let (mut alice, mut bob) = both_in_room(&ctx);
     let burst: Vec<String> = ["1", "2", "3"]
         .iter()
         .map(|data| alice.message("chan_in", data, "room"))
@@ -305,16 +325,7 @@ fn messages_that_arrive_together_are_published_as_one_burst() {
     assert_eq!(alice.send_together(&burst), Next::Continue);
     let own = alice.entries();
     assert_eq!(own.len(), 1, "the sender's replies and copies as one entry");
-    let seen: Vec<String> = own[0]
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}",
-                r["type"].as_str().unwrap(),
-                r["data"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let seen = brief(&own[0]);
     assert_eq!(
         seen,
         [
@@ -343,13 +354,7 @@ fn a_burst_keeps_every_reply_in_place() {
         ..WsConfig::default()
     };
     let ctx = context(config, 10);
-    let mut alice = Client::connect(&ctx, 1);
-    let mut bob = Client::connect(&ctx, 2);
-    alice.login("jwt-alice");
-    bob.login("jwt-bob");
-    for client in [&mut alice, &mut bob] {
-        assert_eq!(client.ask("join", "room", "")["type"], "joined");
-    }
+    let (mut alice, mut bob) = both_in_room(&ctx);
     let mut burst = vec![
         alice.message("chan_in", "a", "room"),
         alice.message("chan_in", "b", "room"),
@@ -365,17 +370,7 @@ fn a_burst_keeps_every_reply_in_place() {
     burst.push(alice.message("chan_in", "late", "room"));
     burst.push(alice.message("chan_in", "later", "room"));
     assert_eq!(alice.send_together(&burst), Next::Continue);
-    let seen: Vec<String> = alice
-        .replies()
-        .iter()
-        .map(|r| {
-            format!(
-                "{} {}",
-                r["type"].as_str().unwrap(),
-                r["data"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let seen = brief(&alice.replies());
     assert_eq!(
         seen,
         [
