@@ -317,7 +317,7 @@ fn join_publish_leave() {
 #[test]
 fn messages_that_arrive_together_are_published_as_one_burst() {
     let ctx = context(WsConfig::default(), 10);
-    let (mut alice, mut bob) = both_in_room(&ctx);
+    let (mut alice, bob) = both_in_room(&ctx);
     let burst: Vec<String> = ["1", "2", "3"]
         .iter()
         .map(|data| alice.message("chan_in", data, "room"))
@@ -354,7 +354,7 @@ fn a_burst_keeps_every_reply_in_place() {
         ..WsConfig::default()
     };
     let ctx = context(config, 10);
-    let (mut alice, mut bob) = both_in_room(&ctx);
+    let (mut alice, bob) = both_in_room(&ctx);
     let mut burst = vec![
         alice.message("chan_in", "a", "room"),
         alice.message("chan_in", "b", "room"),
