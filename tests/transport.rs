@@ -242,7 +242,17 @@ async fn compressed_and_plain_members_of_a_channel_get_the_same_messages() {
             plain_events.push(message);
         }
     }
-    plain.send("chan_in", &from_plain, "room").await;
+    // Written together, so published as one burst: the compressed member gets each message
+    // compressed or not on its own (the short one is under the threshold).
+    let texts = [
+        from_plain.as_str(),
+        "tiny",
+        "plain again ".repeat(300).as_str(),
+    ]
+    .iter()
+    .map(|data| plain.message("chan_in", data, "room"))
+    .collect();
+    plain.send_together(texts).await;
     let id = env
         .insert(
             &app,
@@ -252,14 +262,14 @@ async fn compressed_and_plain_members_of_a_channel_get_the_same_messages() {
             json!({"text": "x".repeat(2000)}),
         )
         .await;
-    while plain_events.len() < 3 {
+    while plain_events.len() < 5 {
         let message = plain.recv().await;
         if is_event(&message) {
             plain_events.push(message);
         }
     }
     let mut python_events = Vec::new();
-    while python_events.len() < 3 {
+    while python_events.len() < 5 {
         let message = python.recv().await;
         assert!(message.get("ended").is_none(), "{message}");
         if is_event(&message) {
@@ -269,7 +279,9 @@ async fn compressed_and_plain_members_of_a_channel_get_the_same_messages() {
     assert_eq!(python_events, plain_events);
     assert_eq!(plain_events[0]["data"], from_python.as_str());
     assert_eq!(plain_events[1]["data"], from_plain.as_str());
-    let doc: Value = serde_json::from_str(plain_events[2]["data"].as_str().unwrap()).unwrap();
+    assert_eq!(plain_events[2]["data"], "tiny");
+    assert_eq!(plain_events[3]["data"], "plain again ".repeat(300).as_str());
+    let doc: Value = serde_json::from_str(plain_events[4]["data"].as_str().unwrap()).unwrap();
     assert_eq!(doc["id"], id.to_string());
 }
 
