@@ -182,15 +182,9 @@ impl Publisher {
         msg: Outgoing<'_>,
         accepted: impl FnOnce(),
     ) -> Result<Published, PublishError> {
-        if msg.data.len() > self.max_message_bytes {
-            self.telemetry.drop_reason("message_too_large", 1);
-            return Err(PublishError::TooLarge);
-        }
+        self.fits(msg.data)?;
         // Before the key is claimed: a refused message must stay retryable with the same key.
-        if !self.sink.available() {
-            return Err(PublishError::Unavailable);
-        }
-        self.sink.admit(msg).map_err(PublishError::Denied)?;
+        self.admitted(msg)?;
         let key = msg.idempotency_key.filter(|k| !k.is_empty());
         if let Some(key) = key {
             if key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
@@ -239,20 +233,10 @@ impl Publisher {
             return Delivery::default();
         };
         // The same for every message of the burst: one sender, one channel.
-        let admitted = if self.sink.available() {
-            self.sink.admit(msg).map_err(PublishError::Denied)
-        } else {
-            Err(PublishError::Unavailable)
-        };
+        let admitted = self.admitted(msg);
         let verdicts: Vec<Result<(), PublishError>> = data
             .iter()
-            .map(|data| {
-                if data.len() > self.max_message_bytes {
-                    self.telemetry.drop_reason("message_too_large", 1);
-                    return Err(PublishError::TooLarge);
-                }
-                admitted
-            })
+            .map(|data| self.fits(data).and(admitted))
             .collect();
         let accepted: Vec<&str> = data
             .iter()
@@ -306,6 +290,24 @@ impl Publisher {
         }
         self.delivered(delivery);
         delivery
+    }
+
+    /// The data size check, first for every message.
+    fn fits(&self, data: &str) -> Result<(), PublishError> {
+        if data.len() > self.max_message_bytes {
+            self.telemetry.drop_reason("message_too_large", 1);
+            return Err(PublishError::TooLarge);
+        }
+        Ok(())
+    }
+
+    /// Whether the transport can take the message now and the channel rules let its sender
+    /// publish there.
+    fn admitted(&self, msg: Outgoing<'_>) -> Result<(), PublishError> {
+        if !self.sink.available() {
+            return Err(PublishError::Unavailable);
+        }
+        self.sink.admit(msg).map_err(PublishError::Denied)
     }
 
     fn delivered(&self, delivery: Delivery) {
