@@ -98,17 +98,15 @@ impl Outgoing {
         compresses: impl Fn(usize) -> bool,
         compress: impl Fn(&[u8]) -> Bytes,
     ) -> &Bytes {
-        let payloads: Vec<Option<Bytes>> = self
-            .parts()
-            .map(|part| frame::text_payload(&part).filter(|p| compresses(p.len())))
-            .collect();
-        if payloads.iter().all(Option::is_none) {
+        let eligible =
+            |part: &Bytes| frame::text_payload(part).filter(|payload| compresses(payload.len()));
+        if !self.parts().any(|part| eligible(&part).is_some()) {
             return self.frame();
         }
         self.0.deflated.get_or_init(|| {
             let mut joined = Vec::with_capacity(self.frame().len());
-            for (part, payload) in self.parts().zip(payloads) {
-                match payload {
+            for part in self.parts() {
+                match eligible(&part) {
                     Some(payload) => joined.extend_from_slice(&compress(&payload)),
                     None => joined.extend_from_slice(&part),
                 }
