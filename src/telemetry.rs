@@ -105,8 +105,8 @@ impl Telemetry {
         self.0.channels.set(n as f64);
     }
 
-    pub fn message_in(&self) {
-        self.0.messages_in.increment(1);
+    pub fn messages_in(&self, count: usize) {
+        self.0.messages_in.increment(count as u64);
     }
 
     pub fn transaction_in(&self, events: usize) {

@@ -123,7 +123,7 @@ impl SseStreams {
         let Some(stream) = self.lock().get(&sid).cloned() else {
             return Posted::UnknownSid;
         };
-        self.ctx.telemetry.message_in();
+        self.ctx.telemetry.messages_in(1);
         let mut session = stream.session.lock().await;
         let parsed: Result<ClientMessage, ParseError> = parsed;
         if let Next::Close(reason) = session.handle_parsed(parsed).await {
