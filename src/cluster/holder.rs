@@ -230,9 +230,13 @@ impl Holder {
     fn acked(&self, pipeline: &mut Pipeline, acked: Acked) -> Result<(), ClusterError> {
         let Acked {
             result,
-            msg_id,
-            sequence,
-            started,
+            sent:
+                Sent {
+                    msg_id,
+                    sequence,
+                    started,
+                    ..
+                },
         } = acked;
         let ack = result.map_err(|e| self.publish_failed(e))?;
         self.metrics.published(started.elapsed());
@@ -266,9 +270,8 @@ const IN_FLIGHT_BYTES: usize = 8 << 20;
 type AckFuture =
     Pin<Box<dyn Future<Output = Result<PublishAck, jetstream::context::PublishError>> + Send>>;
 
-/// A message sent and not yet acked.
-struct InFlight {
-    ack: AckFuture,
+/// A message sent, as its ack is checked.
+struct Sent {
     msg_id: String,
     /// The sequence the message must get: the one before it plus one.
     sequence: u64,
@@ -276,12 +279,16 @@ struct InFlight {
     started: Instant,
 }
 
+/// A message sent and not yet acked.
+struct InFlight {
+    ack: AckFuture,
+    sent: Sent,
+}
+
 /// What the oldest ack brought.
 struct Acked {
     result: Result<PublishAck, jetstream::context::PublishError>,
-    msg_id: String,
-    sequence: u64,
-    started: Instant,
+    sent: Sent,
 }
 
 /// The holder's publishes in flight, in order, and the end LSNs waiting for them.
@@ -316,10 +323,12 @@ impl Pipeline {
         self.bytes += bytes;
         self.in_flight.push_back(InFlight {
             ack,
-            msg_id,
-            sequence: self.tail,
-            bytes,
-            started: Instant::now(),
+            sent: Sent {
+                msg_id,
+                sequence: self.tail,
+                bytes,
+                started: Instant::now(),
+            },
         });
     }
 
@@ -358,14 +367,9 @@ impl Pipeline {
             None => Poll::Pending,
         })
         .await;
-        let done = self.in_flight.pop_front()?;
-        self.bytes -= done.bytes;
-        Some(Acked {
-            result,
-            msg_id: done.msg_id,
-            sequence: done.sequence,
-            started: done.started,
-        })
+        let InFlight { sent, .. } = self.in_flight.pop_front()?;
+        self.bytes -= sent.bytes;
+        Some(Acked { result, sent })
     }
 }
 
@@ -397,7 +401,7 @@ mod tests {
         assert_eq!(pipeline.next_confirm(), None);
 
         let first = pipeline.next_ack().now_or_never().flatten().expect("acked");
-        assert_eq!((first.msg_id.as_str(), first.sequence), ("a", 11));
+        assert_eq!((first.sent.msg_id.as_str(), first.sent.sequence), ("a", 11));
         assert_eq!(first.result.expect("ok").sequence, 11);
         assert_eq!(
             pipeline.next_confirm(),
@@ -409,7 +413,7 @@ mod tests {
         assert_eq!(pipeline.next_confirm(), None);
 
         let second = pipeline.next_ack().now_or_never().flatten().expect("acked");
-        assert_eq!(second.sequence, 12);
+        assert_eq!(second.sent.sequence, 12);
         pipeline.acked_through(12);
         assert_eq!(pipeline.next_confirm(), Some(Lsn(2)));
         assert_eq!(pipeline.next_confirm(), Some(Lsn(3)));
@@ -430,7 +434,7 @@ mod tests {
         assert!(pipeline.next_ack().now_or_never().is_none());
         let _ = tx.send(());
         let first = pipeline.next_ack().now_or_never().flatten().expect("acked");
-        assert_eq!(first.msg_id, "slow");
+        assert_eq!(first.sent.msg_id, "slow");
     }
 
     #[test]
