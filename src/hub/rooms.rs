@@ -127,9 +127,9 @@ struct Room {
 }
 
 impl Room {
-    /// One shared message for every member (compressed at most once, for those that
-    /// negotiated permessage-deflate).
-    /// To every member but `except` (a sender answered on its own, see [`Hub::publish_burst`]).
+    /// One shared message for every member but `except` (a sender answered on its own, see
+    /// [`Hub::publish_burst`]), compressed at most once for those that negotiated
+    /// permessage-deflate.
     fn broadcast(&self, message: Outgoing, except: Option<ConnId>, delivery: &mut Delivery) {
         for (conn, member) in &self.members {
             if Some(*conn) != except {
